@@ -1,0 +1,124 @@
+"""What every factory tool shares: exit codes, JSON Lines in and out, errors, options.
+
+stdout carries data only (one JSON object per line); messages go to stderr. Exit codes:
+0 done, 1 failed or "no", 2 usage or bad input (nothing was written); a tool documents
+any further code in its --help.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+
+import click
+
+EXIT_OK = 0
+EXIT_NO = 1
+EXIT_USAGE = 2
+
+EXIT_CODES_HELP = """\b
+Exit codes:
+  0  done
+  1  failed, or the answer is "no" (nothing ready, a claim lost)
+  2  usage or bad input; nothing was written"""
+
+
+class Failed(click.ClickException):
+    """The tool could not do what it was asked (exit 1)."""
+
+    exit_code = EXIT_NO
+
+    def __init__(self, tool: str, message: str):
+        super().__init__(message)
+        self.tool = tool
+
+    def show(self, file=None):
+        click.echo(f"{self.tool}: {self.format_message()}", err=True)
+
+
+class BadInput(Failed):
+    """Usage or input was wrong and nothing was written (exit 2)."""
+
+    exit_code = EXIT_USAGE
+
+
+def emit(obj: dict, pretty: bool = False) -> None:
+    if pretty:
+        sys.stdout.write(json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+    else:
+        sys.stdout.write(json.dumps(obj, ensure_ascii=False, separators=(",", ":")) + "\n")
+
+
+def say(tool: str, message: str) -> None:
+    click.echo(f"{tool}: {message}", err=True)
+
+
+def stdin_is_data() -> bool:
+    """Read stdin only when something is piped in, never from a person's terminal."""
+    try:
+        return not sys.stdin.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def read_json_lines(tool: str, stream, *, max_line_bytes: int, name: str = "stdin"):
+    """Yield (line number, object) for each non-blank line; BadInput names the bad line."""
+    binary = getattr(stream, "buffer", stream)
+    for n, raw in enumerate(iter(lambda: binary.readline(max_line_bytes + 2), b""), start=1):
+        if len(raw) > max_line_bytes:
+            raise BadInput(tool, f"{name} line {n}: longer than {max_line_bytes} bytes; "
+                                 "nothing was written (shorten the record)")
+        text = raw.decode("utf-8", errors="replace").strip()
+        if not text:
+            continue
+        try:
+            yield n, json.loads(text)
+        except json.JSONDecodeError as e:
+            raise BadInput(tool, f"{name} line {n}: not JSON ({e.msg} at column {e.colno}); "
+                                 "nothing was written (give one JSON object per line)")
+
+
+def pretty_option(f):
+    return click.option("-p", "--pretty", is_flag=True, help="Output for people instead of JSON Lines.")(f)
+
+
+def quiet_option(f):
+    return click.option("-q", "--quiet", is_flag=True, help="Print less on stderr.")(f)
+
+
+def repo_option(f):
+    @click.option("-C", "--repo", "repo_path", metavar="DIR", envvar="FACTORY_REPO",
+                  help="The git repository to act on (default: the one around the current "
+                       "directory; env FACTORY_REPO).")
+    @functools.wraps(f)
+    def wrapper(*args, repo_path=None, **kwargs):
+        if repo_path:
+            os.environ["FACTORY_REPO"] = repo_path
+        return f(*args, **kwargs)
+    return wrapper
+
+
+CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+def run_main(cli, tool: str) -> int:
+    """Run a click command as a tool: map exceptions to exit codes, never a traceback for
+    a broken pipe (`factory-issue list | head` is normal use)."""
+    try:
+        rv = cli.main(prog_name=tool, standalone_mode=False)
+        return rv if isinstance(rv, int) else 0
+    except click.exceptions.Abort:
+        click.echo(f"{tool}: aborted", err=True)
+        return 130
+    except click.ClickException as e:
+        e.show()
+        return e.exit_code
+    except BrokenPipeError:
+        # The reader went away; that is its choice, not our failure.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
+    except click.exceptions.Exit as e:
+        return e.exit_code

@@ -1,0 +1,211 @@
+"""factory: the front end. Built-in verbs for people (init, status); any other verb X runs
+the tool `factory-X` found beside this executable or on PATH, as git does, and passes its
+exit code through (it replaces this process)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+
+import click
+
+from .cli import CONTEXT_SETTINGS, EXIT_NO, BadInput, emit, repo_option, run_main, say
+
+TOOL = "factory"
+BUILTINS = ("init", "status")
+
+
+def tool_path(verb: str) -> str | None:
+    """factory-VERB beside this executable first (a checkout's bin/), then on PATH."""
+    name = f"factory-{verb}"
+    here = os.path.dirname(os.path.realpath(sys.argv[0] or ""))
+    candidate = os.path.join(here, name)
+    if here and os.access(candidate, os.X_OK) and not os.path.isdir(candidate):
+        return candidate
+    return shutil.which(name)
+
+
+def available_tools() -> list[str]:
+    """The factory-* executables reachable from here, by verb."""
+    dirs = [os.path.dirname(os.path.realpath(sys.argv[0] or ""))] + os.environ.get("PATH", "").split(os.pathsep)
+    verbs = set()
+    for d in dirs:
+        try:
+            for entry in os.listdir(d):
+                if entry.startswith("factory-") and os.access(os.path.join(d, entry), os.X_OK):
+                    verbs.add(entry[len("factory-"):])
+        except OSError:
+            continue
+    return sorted(verbs)
+
+
+class Umbrella(click.Group):
+    def format_commands(self, ctx, formatter):
+        super().format_commands(ctx, formatter)
+        tools = [(v, f"runs factory-{v}") for v in available_tools()]
+        if tools:
+            with formatter.section("Tools (factory VERB runs factory-VERB; see factory-VERB --help)"):
+                formatter.write_dl(tools)
+
+
+@click.group(cls=Umbrella, context_settings=CONTEXT_SETTINGS, epilog="""
+\b
+Exit codes:
+  0  done
+  1  failed (status: something needs attention)
+  2  usage or bad input; nothing was written
+  N  for `factory VERB`, whatever factory-VERB exits with (127: no such tool)
+
+\b
+Examples:
+  factory init
+  factory status
+  factory status --json | jq .issues
+  factory issue list
+""")
+@click.version_option(package_name="factory", prog_name=TOOL)
+def cli():
+    """Point factory at a git repository, start it, walk away, come back to finished work."""
+
+
+def _repo():
+    from .gitstore import GitError, Repo
+    try:
+        return Repo()
+    except GitError as e:
+        raise BadInput(TOOL, str(e))
+
+
+@cli.command(context_settings=CONTEXT_SETTINGS, epilog="""
+\b
+Writes factory.yaml (every key documented, with defaults that work) and the intent/
+skeleton (principles/, prohibitions/, postmortems/, specs/) at the top of the work
+tree. A file that exists is never rewritten, so running init twice changes nothing;
+an existing factory.yaml is checked instead. Nothing is committed: review the files,
+then commit them.
+
+\b
+Exit codes:
+  0  done (or nothing to do)
+  2  not in a git work tree, or the existing factory.yaml is invalid
+
+\b
+Examples:
+  git init myproject && cd myproject && factory init
+  factory init --json | jq -r '.created[]'
+""")
+@click.option("--json", "as_json", is_flag=True, help="Print what was done as JSON on stdout.")
+@repo_option
+def init(as_json):
+    """Set up a repository for factory."""
+    from . import atomic, config, intent
+    repo = _repo()
+    top = repo.work_tree()
+    if not top:
+        raise BadInput(TOOL, f"'{repo.git_dir}' has no work tree; run factory init in a clone with one")
+    planned = {config.CONFIG_NAME: config.TEMPLATE, **intent.skeleton_files()}
+    created, kept = [], []
+    cfg_path = os.path.join(top, config.CONFIG_NAME)
+    if os.path.exists(cfg_path):
+        try:
+            config.load(top)
+        except config.ConfigError as e:
+            raise BadInput(TOOL, f"{e}\n(fix factory.yaml; nothing was written)")
+    for rel, text in planned.items():
+        path = os.path.join(top, rel)
+        if os.path.exists(path):
+            kept.append(rel)
+        else:
+            atomic.write_text(path, text)
+            created.append(rel)
+    if as_json:
+        emit({"repo": top, "created": created, "unchanged": kept})
+    elif created:
+        say(TOOL, f"created {', '.join(created)} in {top}")
+        say(TOOL, "review them, then: git add factory.yaml intent && git commit -m 'factory init'")
+    else:
+        say(TOOL, f"nothing to do: {top} is already set up")
+
+
+@cli.command(context_settings=CONTEXT_SETTINGS, epilog="""
+\b
+Reports the config, the Docker engine, the slots and the issues by state.
+
+\b
+Exit codes:
+  0  all is well
+  1  something needs attention (invalid config, no Docker engine)
+  2  not in a git repository
+
+\b
+Examples:
+  factory status
+  factory status --json | jq '.issues.by_state'
+""")
+@click.option("--json", "as_json", is_flag=True, help="Print the status as one JSON object.")
+@repo_option
+def status(as_json):
+    """Show the state of the factory on this repository."""
+    from . import config, sandbox
+    from .issues import IssueStore
+    repo = _repo()
+    top = repo.work_tree() or repo.git_dir
+    cfg_state = {"path": config.path_for(top), "exists": os.path.exists(config.path_for(top)), "ok": True}
+    try:
+        cfg = config.load(top)
+    except config.ConfigError as e:
+        cfg, cfg_state["ok"], cfg_state["errors"] = config.DEFAULTS, False, e.problems
+    store = IssueStore(repo)
+    issues = store.all()
+    by_state: dict[str, int] = {}
+    for i in issues:
+        by_state[i["state"]] = by_state.get(i["state"], 0) + 1
+    report = {
+        "v": 1, "repo": top, "config": cfg_state, "engine": sandbox.engine_info(), "slots": cfg["slots"],
+        "issues": {"total": len(issues), "ready": len(store.ready(issues)), "by_state": by_state},
+    }
+    healthy = cfg_state["ok"] and report["engine"]["ok"]
+    if as_json:
+        emit(report)
+    else:
+        _print_status(report)
+    return 0 if healthy else EXIT_NO
+
+
+def _print_status(r: dict) -> None:
+    cfg = r["config"]
+    cfg_line = f"{os.path.relpath(cfg['path'], r['repo'])} " + (
+        "(valid)" if cfg["ok"] else "(INVALID)") if cfg["exists"] else "none (defaults; run: factory init)"
+    eng = r["engine"]
+    eng_line = (f"docker {eng['version']} ({eng['storage_driver']}, cgroup v{eng['cgroup']})" if eng["ok"]
+                else f"DOWN: {eng['error']}")
+    s = r["slots"]
+    iss = r["issues"]
+    states = ", ".join(f"{k} {v}" for k, v in sorted(iss["by_state"].items())) or "none"
+    click.echo(f"repo     {r['repo']}")
+    click.echo(f"config   {cfg_line}")
+    for problem in cfg.get("errors", []):
+        click.echo(f"         {problem}")
+    click.echo(f"engine   {eng_line}")
+    click.echo(f"slots    {s['total']} total: worker {s['worker']}, sensor {s['sensor']}, adversary {s['adversary']}")
+    click.echo(f"issues   {iss['total']} total, {iss['ready']} ready: {states}")
+
+
+def main() -> int:
+    args = sys.argv[1:]
+    if args and not args[0].startswith("-") and args[0] not in BUILTINS:
+        path = tool_path(args[0])
+        if path is None:
+            say(TOOL, f"'{args[0]}' is not a factory command (try: factory --help)")
+            return 127
+        try:
+            os.execv(path, [f"factory-{args[0]}"] + args[1:])
+        except OSError as e:
+            say(TOOL, f"cannot run {path}: {e}")
+            return 126
+    return run_main(cli, TOOL)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,358 @@
+"""factory.yaml: its keys, their defaults, and validation whose errors name the key and line.
+
+The schema below is the single source of truth: `factory init` writes TEMPLATE, a test
+checks that TEMPLATE documents every key and parses to DEFAULTS, and `load` refuses any
+unknown key, wrong type or bad value, naming `factory.yaml line N: a.b.c`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+CONFIG_NAME = "factory.yaml"
+KINDS = ("worker", "sensor", "adversary")
+
+
+class ConfigError(ValueError):
+    def __init__(self, problems: list[str]):
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+# -- value types ---------------------------------------------------------------------
+
+@dataclass
+class Int:
+    default: int
+    min: int | None = None
+    max: int | None = None
+
+    def check(self, v):
+        if isinstance(v, bool) or not isinstance(v, int):
+            return None, f"must be a whole number, not {v!r}"
+        if self.min is not None and v < self.min:
+            return None, f"is {v}; it must be at least {self.min}"
+        if self.max is not None and v > self.max:
+            return None, f"is {v}; it must be at most {self.max}"
+        return v, None
+
+
+@dataclass
+class Float:
+    default: float
+    min_exclusive: float = 0.0
+
+    def check(self, v):
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            return None, f"must be a number, not {v!r}"
+        if v <= self.min_exclusive:
+            return None, f"is {v}; it must be more than {self.min_exclusive}"
+        return float(v), None
+
+
+SIZE_RE = re.compile(r"^(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?$", re.IGNORECASE)
+SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def parse_size(v) -> int | None:
+    if isinstance(v, int) and not isinstance(v, bool) and v > 0:
+        return v
+    m = SIZE_RE.match(str(v).strip()) if isinstance(v, str) else None
+    if not m:
+        return None
+    n = int(float(m.group(1)) * SIZE_UNITS[m.group(2).lower()])
+    return n if n > 0 else None
+
+
+@dataclass
+class Size:
+    """A byte size such as 512m or 2g; kept as written, checked to parse."""
+    default: str
+
+    def check(self, v):
+        if parse_size(v) is None:
+            return None, f"{v!r} is not a size such as 512m or 2g"
+        return v, None
+
+
+@dataclass
+class Str:
+    default: str | None
+    nullable: bool = False
+    pattern: str | None = None
+    hint: str = ""
+
+    def check(self, v):
+        if v is None and self.nullable:
+            return None, None
+        if not isinstance(v, str) or not v.strip():
+            return None, f"must be a non-empty string{', or null' if self.nullable else ''}, not {v!r}"
+        if self.pattern and not re.match(self.pattern, v):
+            return None, f"{v!r} {self.hint or 'is not valid'}"
+        return v, None
+
+
+@dataclass
+class Choice:
+    default: str
+    choices: tuple
+
+    def check(self, v):
+        if v not in self.choices:
+            return None, f"is {v!r}; it must be one of: {', '.join(self.choices)}"
+        return v, None
+
+
+@dataclass
+class StrList:
+    default: list
+
+    def check(self, v):
+        if not isinstance(v, list) or not all(isinstance(x, str) and x.strip() for x in v):
+            return None, f"must be a list of strings, not {v!r}"
+        return v, None
+
+
+@dataclass
+class Named:
+    """A mapping from names the user picks to entries of one shape."""
+    entry: dict
+    required: tuple = ()
+    one_of: tuple = ()
+    default: dict = field(default_factory=dict)
+
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+CRON_PATTERN = r"^(@(hourly|daily|weekly|monthly|yearly|reboot)|(\S+\s+){4}\S+)$"
+
+SCHEMA: dict[str, Any] = {
+    "version": Int(1, min=1, max=1),
+    "slots": {
+        "total": Int(8, min=1),
+        "worker": Int(3, min=0),
+        "sensor": Int(2, min=0),
+        "adversary": Int(1, min=0),
+    },
+    "resources": {
+        kind: {"cpus": Float(cpus), "memory": Size(mem), "pids": Int(512, min=16), "tmp": Size("1g")}
+        for kind, cpus, mem in (("worker", 1.0, "2g"), ("sensor", 0.5, "1g"), ("adversary", 1.0, "2g"))
+    },
+    "image": {
+        "name": Str("factory-agent", pattern=r"^[a-z0-9][a-z0-9._/-]*(:[A-Za-z0-9._-]+)?$",
+                    hint="is not a docker image name such as factory-agent"),
+        "base": Str("debian:bookworm-slim"),
+        "packages": StrList(["bash", "git", "ca-certificates", "python3"]),
+        "dockerfile": Str(None, nullable=True),
+        "build": Choice("auto", ("auto", "registry", "offline")),
+    },
+    "model": {
+        "name": Str("claude-sonnet-4-5"),
+        "max_tokens": Int(8192, min=1),
+    },
+    "budgets": {
+        "turns": Int(60, min=1),
+        "tokens": Int(2_000_000, min=1),
+        "cost_usd": Float(5.0),
+        "wall_seconds": Int(1800, min=1),
+        "attempts": Int(3, min=1),
+    },
+    "sensors": Named({
+        "command": Str(None, nullable=True),
+        "prompt": Str(None, nullable=True),
+        "schedule": Str("@hourly", pattern=CRON_PATTERN, hint="is not a cron schedule such as '0 * * * *' or @daily"),
+        "map": Str(None, nullable=True),
+    }, one_of=("command", "prompt")),
+    "peers": Named({
+        "url": Str(None),
+        "trust": Choice("untrusted", ("trusted", "untrusted")),
+        "type": Choice("git", ("git", "github")),
+    }, required=("url",)),
+    "merge": Choice("manual", ("manual", "auto")),
+}
+
+
+def _defaults(schema):
+    if isinstance(schema, dict):
+        return {k: _defaults(v) for k, v in schema.items()}
+    if isinstance(schema, Named):
+        return dict(schema.default)
+    return schema.default
+
+
+DEFAULTS = _defaults(SCHEMA)
+
+TEMPLATE = """\
+# factory.yaml: how factory runs on this repository. Every key is optional; the values
+# below are the defaults. `factory init` wrote this file; edit it, then commit it.
+version: 1
+
+# Agents run in slots: at most `total` at once, and at most this many of each kind.
+slots:
+  total: 8
+  worker: 3        # take an issue, leave a branch
+  sensor: 2        # compare intent with reality, file findings
+  adversary: 1     # attack what workers built, file failures with a reproduction
+
+# Limits for each agent's container, per kind. An agent waits for a slot until its
+# request fits the machine. Sizes: 512m, 2g, ...
+resources:
+  worker:
+    cpus: 1.0
+    memory: 2g     # swap is capped to the same amount
+    pids: 512      # processes and threads; a fork bomb stops here
+    tmp: 1g        # the size of the container's writable /tmp
+  sensor:
+    cpus: 0.5
+    memory: 1g
+    pids: 512
+    tmp: 1g
+  adversary:
+    cpus: 1.0
+    memory: 2g
+    pids: 512
+    tmp: 1g
+
+# The image agents run in: bash, git and the repository's toolchain.
+image:
+  name: factory-agent
+  base: debian:bookworm-slim    # used where a registry answers
+  packages: [bash, git, ca-certificates, python3]   # Debian packages to add
+  dockerfile: null              # a Dockerfile in this repository to use instead
+  build: auto                   # auto: registry, else offline (debootstrap); or registry, offline
+
+# The model behind every agent (env FACTORY_MODEL overrides name).
+model:
+  name: claude-sonnet-4-5
+  max_tokens: 8192              # per model answer
+
+# Each agent run stops at the first budget it exhausts.
+budgets:
+  turns: 60
+  tokens: 2000000               # input plus output, cache reads included
+  cost_usd: 5.0
+  wall_seconds: 1800
+  attempts: 3                   # runs per issue before it is marked failed
+
+# Sensors, by name: a `command` (its output mapped to findings by the jq `map`) or a
+# model `prompt`, run on a cron `schedule`. Example:
+#   tests:
+#     command: pytest -q
+#     schedule: "0 * * * *"
+sensors: {}
+
+# Other factories this one files issues on, by name. Example:
+#   libfoo:
+#     url: https://github.com/example/libfoo.git
+#     trust: untrusted          # trusted or untrusted: what their issues may do here
+#     type: git                 # git or github
+peers: {}
+
+# What happens to a branch that passes the gate: manual (a person merges) or auto.
+merge: manual
+"""
+
+
+# -- validation over YAML nodes, so every error can name its line ----------------------
+
+def _scalar(node):
+    import yaml
+    return yaml.safe_load(yaml.serialize(node))
+
+
+def _check(node, schema, path, problems, name):
+    import yaml
+    line = node.start_mark.line + 1
+    where = f"{name} line {line}: {path}"
+    if isinstance(schema, dict):
+        if not isinstance(node, yaml.MappingNode):
+            problems.append(f"{where}: must be a mapping of keys ({', '.join(schema)})")
+            return {}
+        out = {}
+        for knode, vnode in node.value:
+            key = knode.value
+            kpath = f"{path}.{key}" if path else key
+            if key not in schema:
+                problems.append(f"{name} line {knode.start_mark.line + 1}: {kpath}: unknown key "
+                                f"(known here: {', '.join(schema)})")
+                continue
+            out[key] = _check(vnode, schema[key], kpath, problems, name)
+        return out
+    if isinstance(schema, Named):
+        if isinstance(node, yaml.ScalarNode) and _scalar(node) is None:
+            return {}
+        if not isinstance(node, yaml.MappingNode):
+            problems.append(f"{where}: must be a mapping of names to entries")
+            return {}
+        out = {}
+        for knode, vnode in node.value:
+            entry_name = str(knode.value)
+            epath = f"{path}.{entry_name}"
+            if not re.match(NAME_PATTERN, entry_name):
+                problems.append(f"{name} line {knode.start_mark.line + 1}: {epath}: names use letters, digits, . _ -")
+                continue
+            entry = _check(vnode, schema.entry, epath, problems, name)
+            full = {k: entry.get(k, _defaults(s)) for k, s in schema.entry.items()}
+            for req in schema.required:
+                if full.get(req) is None:
+                    problems.append(f"{name} line {vnode.start_mark.line + 1}: {epath}.{req}: is required")
+            if schema.one_of and sum(full.get(k) is not None for k in schema.one_of) != 1:
+                problems.append(f"{name} line {vnode.start_mark.line + 1}: {epath}: give exactly one of "
+                                f"{' or '.join(schema.one_of)}")
+            out[entry_name] = full
+        return out
+    if not isinstance(node, yaml.ScalarNode) and not isinstance(schema, StrList):
+        problems.append(f"{where}: must be a single value, not a {'list' if isinstance(node, yaml.SequenceNode) else 'mapping'}")
+        return None
+    value, err = schema.check(_scalar(node))
+    if err:
+        problems.append(f"{where}: {err}")
+    return value
+
+
+def _merge(defaults, given):
+    if isinstance(defaults, dict) and isinstance(given, dict):
+        out = dict(defaults)
+        for k, v in given.items():
+            out[k] = _merge(defaults.get(k), v) if k in defaults else v
+        return out
+    return given
+
+
+def parse(text: str, name: str = CONFIG_NAME) -> dict:
+    """The whole config (defaults filled in) from YAML text; raises ConfigError."""
+    import yaml
+    try:
+        root = yaml.compose(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError([f"{name}{at}: not valid YAML: {getattr(e, 'problem', e)}"])
+    if root is None:
+        return _merge(DEFAULTS, {})
+    problems: list[str] = []
+    given = _check(root, SCHEMA, "", problems, name)
+    if not problems:
+        for kind in KINDS:
+            if "slots" in given and given["slots"].get(kind, 0) > given["slots"].get("total", DEFAULTS["slots"]["total"]):
+                problems.append(f"{name}: slots.{kind}: is more than slots.total")
+    if problems:
+        raise ConfigError(problems)
+    return _merge(DEFAULTS, given)
+
+
+def path_for(work_tree: str) -> str:
+    return os.environ.get("FACTORY_CONFIG") or os.path.join(work_tree, CONFIG_NAME)
+
+
+def load(work_tree: str) -> dict:
+    """The repository's config, or the defaults where it has no factory.yaml."""
+    path = path_for(work_tree)
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except FileNotFoundError:
+        return _merge(DEFAULTS, {})
+    return parse(text, name=path)

@@ -1,0 +1,211 @@
+"""The JSON shapes the tools exchange, their versions and their validation.
+
+A shape only grows: a new field or a new version, never a new meaning for an old field.
+docs/contracts.md describes each shape for people; this module is what is enforced.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timezone
+
+ISSUE_VERSION = 1
+
+STATES = ("open", "claimed", "review", "done", "failed", "closed")
+FINISHED_STATES = ("done", "closed")        # a dependency in one of these no longer blocks
+ACTIVE_STATES = ("open", "claimed", "review")  # what --dedupe compares a fingerprint against
+KINDS = ("worker", "sensor", "adversary")
+TRUST_LEVELS = ("trusted", "untrusted")
+PRIORITY_RANGE = (0, 4)                      # 0 is the most urgent, as in P0
+DEFAULT_PRIORITY = 2
+
+MAX_LINE_BYTES = 1 << 20
+MAX_TITLE_CHARS = 256
+MAX_BODY_BYTES = 256 * 1024
+MAX_COMMENT_BYTES = 64 * 1024
+MAX_LABELS = 32
+MAX_FINGERPRINT_CHARS = 256
+
+SOURCE_RE = re.compile(r"^(human|(sensor|adversary|peer):[A-Za-z0-9][A-Za-z0-9._-]{0,63})$")
+LABEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/+-]{0,63}$")
+ID_RE = re.compile(r"^[0-9a-f]{12}$")
+ID_PREFIX_RE = re.compile(r"^[0-9a-f]{1,12}$")
+
+# Fields an issue carries that only the store sets. `factory-issue show X | factory-issue file`
+# copies an issue, so on input they are ignored rather than refused.
+STORE_FIELDS = ("v", "id", "state", "created", "updated", "attempts", "runs", "branch",
+                "claimed_by", "comments", "history", "not_before")
+# Fields a person or a tool may give when filing.
+DRAFT_FIELDS = ("title", "body", "labels", "priority", "fingerprint", "source", "trust", "kind",
+                "depends_on")
+# Fields `update` may set (labels are replaced; add_labels/remove_labels edit them).
+PATCH_FIELDS = ("title", "body", "labels", "priority", "fingerprint", "trust", "kind", "depends_on",
+                "state", "branch", "attempts", "not_before", "claimed_by")
+
+
+class ContractError(ValueError):
+    """A value does not fit its shape; `field` names what is wrong."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _text(field: str, value, *, max_bytes: int | None = None, max_chars: int | None = None,
+          single_line: bool = False, empty_ok: bool = True) -> str:
+    if not isinstance(value, str):
+        raise ContractError(field, f"must be a string, not {type(value).__name__}")
+    if not empty_ok and not value.strip():
+        raise ContractError(field, "must not be empty")
+    if max_chars is not None and len(value) > max_chars:
+        raise ContractError(field, f"is {len(value)} characters; at most {max_chars} are allowed")
+    if max_bytes is not None and len(value.encode()) > max_bytes:
+        raise ContractError(field, f"is {len(value.encode())} bytes; at most {max_bytes} are allowed")
+    if single_line and ("\n" in value or "\r" in value):
+        raise ContractError(field, "must be a single line")
+    return value
+
+
+def _labels(field: str, value) -> list[str]:
+    if not isinstance(value, list):
+        raise ContractError(field, f"must be a list of strings, not {type(value).__name__}")
+    if len(value) > MAX_LABELS:
+        raise ContractError(field, f"has {len(value)} labels; at most {MAX_LABELS} are allowed")
+    out = []
+    for v in value:
+        if not isinstance(v, str) or not LABEL_RE.match(v):
+            raise ContractError(field, f"label {v!r} must match {LABEL_RE.pattern}")
+        if v not in out:
+            out.append(v)
+    return out
+
+
+def _priority(value) -> int:
+    lo, hi = PRIORITY_RANGE
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ContractError("priority", f"must be an integer from {lo} (most urgent) to {hi}")
+    if not lo <= value <= hi:
+        raise ContractError("priority", f"is {value}; it must be from {lo} (most urgent) to {hi}")
+    return value
+
+
+def _choice(field: str, value, choices) -> str:
+    if value not in choices:
+        raise ContractError(field, f"is {value!r}; it must be one of: {', '.join(choices)}")
+    return value
+
+
+def _ids(field: str, value) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) and ID_RE.match(v) for v in value):
+        raise ContractError(field, "must be a list of full issue ids (12 hex digits)")
+    return list(dict.fromkeys(value))
+
+
+def _iso_time(field: str, value) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ContractError(field, "must be an ISO 8601 time such as 2026-01-31T12:00:00Z, or null")
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise ContractError(field, f"{value!r} is not an ISO 8601 time such as 2026-01-31T12:00:00Z")
+    if parsed.tzinfo is None:
+        raise ContractError(field, f"{value!r} needs a time zone, such as a trailing Z")
+    return parsed.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _field(name: str, value):
+    """Validate one issue field; return its normalised value."""
+    if name == "title":
+        return _text(name, value, max_chars=MAX_TITLE_CHARS, single_line=True, empty_ok=False).strip()
+    if name == "body":
+        return _text(name, value, max_bytes=MAX_BODY_BYTES)
+    if name == "labels":
+        return _labels(name, value)
+    if name == "priority":
+        return _priority(value)
+    if name == "fingerprint":
+        if value is None:
+            return None
+        return _text(name, value, max_chars=MAX_FINGERPRINT_CHARS, single_line=True, empty_ok=False)
+    if name == "source":
+        if not isinstance(value, str) or not SOURCE_RE.match(value):
+            raise ContractError(name, f"{value!r} must be 'human', 'sensor:NAME', 'adversary:NAME' or 'peer:NAME'")
+        return value
+    if name == "trust":
+        return _choice(name, value, TRUST_LEVELS)
+    if name == "kind":
+        return _choice(name, value, KINDS)
+    if name == "state":
+        return _choice(name, value, STATES)
+    if name == "depends_on":
+        return _ids(name, value)
+    if name == "branch":
+        if value is None:
+            return None
+        return _text(name, value, max_chars=255, single_line=True, empty_ok=False)
+    if name == "claimed_by":
+        if value is None:
+            return None
+        return _text(name, value, max_chars=128, single_line=True, empty_ok=False)
+    if name == "attempts":
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ContractError(name, "must be a whole number, 0 or more")
+        return value
+    if name == "not_before":
+        return _iso_time(name, value)
+    raise ContractError(name, "is not a field of an issue")
+
+
+def validate_draft(obj) -> dict:
+    """A new issue as given to `factory-issue file`, normalised; raises ContractError."""
+    if not isinstance(obj, dict):
+        raise ContractError("issue", f"must be a JSON object, not {type(obj).__name__}")
+    unknown = [k for k in obj if k not in DRAFT_FIELDS and k not in STORE_FIELDS]
+    if unknown:
+        raise ContractError(unknown[0], f"is not a field of an issue (fields: {', '.join(DRAFT_FIELDS)})")
+    if "title" not in obj:
+        raise ContractError("title", "is missing; every issue needs a title")
+    draft = {
+        "title": None, "body": "", "labels": [], "priority": DEFAULT_PRIORITY, "fingerprint": None,
+        "source": "human", "trust": "trusted", "kind": "worker", "depends_on": [],
+    }
+    for k in DRAFT_FIELDS:
+        if k in obj:
+            draft[k] = _field(k, obj[k])
+    return draft
+
+
+def validate_patch(obj) -> dict:
+    """A change to an issue (`factory-issue update`), normalised; raises ContractError.
+
+    Keys are issue fields to set, plus add_labels / remove_labels to edit labels and
+    add_runs to record run ids.
+    """
+    if not isinstance(obj, dict):
+        raise ContractError("patch", f"must be a JSON object, not {type(obj).__name__}")
+    patch = {}
+    for k, v in obj.items():
+        if k == "id":
+            continue
+        if k in ("add_labels", "remove_labels"):
+            patch[k] = _labels(k, v)
+        elif k == "add_runs":
+            if not isinstance(v, list) or not all(isinstance(r, str) and r for r in v):
+                raise ContractError(k, "must be a list of run ids")
+            patch[k] = v
+        elif k in PATCH_FIELDS:
+            patch[k] = _field(k, v)
+        else:
+            raise ContractError(k, f"cannot be changed (changeable: {', '.join(PATCH_FIELDS)}, "
+                                   "add_labels, remove_labels, add_runs)")
+    return patch
+
+
+def validate_comment(text) -> str:
+    return _text("comment", text, max_bytes=MAX_COMMENT_BYTES, empty_ok=False)

@@ -1,0 +1,247 @@
+"""The only caller of git: plumbing reads, bulk object writes and compare-and-swap refs.
+
+Everything factory keeps lives in git objects reachable from refs under `refs/factory/`.
+Objects are written with one `git fast-import` per write (however many objects), refs
+are moved with one `git update-ref --stdin` transaction whose every line names the value
+it expects, so a concurrent writer makes the whole transaction fail instead of losing an
+update. Reads go through `for-each-ref` and `cat-file --batch`. The number of git
+processes per operation is therefore constant, whatever the number of refs.
+
+Nothing here ever checks out a tree or touches a work tree.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+
+ZERO = "0" * 40
+STALE_LOCK_SECONDS = 30  # a ref lock older than this was left by a killed writer
+
+
+class GitError(Exception):
+    """A git command failed for a reason other than a lost compare-and-swap."""
+
+
+class RefConflict(Exception):
+    """A compare-and-swap lost: some ref was not at the value the transaction expected."""
+
+
+class NotARepository(GitError):
+    pass
+
+
+@dataclass
+class NewCommit:
+    """A commit to write: `files` maps a path in its (flat) tree to the file's bytes.
+
+    A parent is a commit id, or an int: the index of an earlier commit in the same batch."""
+
+    files: dict[str, bytes]
+    message: str
+    parents: list[str | int] = field(default_factory=list)
+    when: int | None = None  # unix seconds; now when None
+
+
+class Repo:
+    """A git repository addressed by its git dir; all git calls go through `run`."""
+
+    def __init__(self, path: str | os.PathLike | None = None):
+        start = os.fspath(path or os.environ.get("FACTORY_REPO") or os.getcwd())
+        try:
+            out = self.run("rev-parse", "--absolute-git-dir", cwd=start).decode().strip()
+        except GitError as e:
+            raise NotARepository(f"not a git repository: '{start}' (run inside one, or set FACTORY_REPO)") from e
+        self.git_dir = out
+        self.cwd = start
+
+    def work_tree(self) -> str | None:
+        """The top of the work tree, or None for a bare repository."""
+        out = self.run("rev-parse", "--show-toplevel", cwd=self.cwd, check=False).decode().strip()
+        return out or None
+
+    # -- processes -----------------------------------------------------------------
+
+    @staticmethod
+    def run(*args: str, cwd: str | None = None, input: bytes | None = None,
+            git_dir: str | None = None, check: bool = True, env: dict | None = None) -> bytes:
+        cmd = ["git"]
+        if git_dir:
+            cmd += ["--git-dir", git_dir]
+        cmd += list(args)
+        full_env = dict(os.environ, GIT_TERMINAL_PROMPT="0", LC_ALL="C")
+        if env:
+            full_env.update(env)
+        p = subprocess.run(cmd, cwd=cwd, input=input, capture_output=True, env=full_env)
+        if check and p.returncode != 0:
+            raise GitError(f"git {args[0]} failed: {p.stderr.decode(errors='replace').strip()}")
+        return p.stdout
+
+    def git(self, *args: str, input: bytes | None = None, check: bool = True, env: dict | None = None) -> bytes:
+        return self.run(*args, input=input, git_dir=self.git_dir, check=check, env=env)
+
+    # -- reads ---------------------------------------------------------------------
+
+    def refs(self, pattern: str) -> dict[str, str]:
+        """Map refname -> object id for refs matching a for-each-ref pattern."""
+        out = self.git("for-each-ref", "--format=%(objectname) %(refname)", pattern).decode()
+        refs = {}
+        for line in out.splitlines():
+            oid, name = line.split(" ", 1)
+            refs[name] = oid
+        return refs
+
+    def resolve(self, ref: str) -> str | None:
+        out = self.git("rev-parse", "--verify", "-q", ref + "^{commit}", check=False).decode().strip()
+        return out or None
+
+    def cat_batch(self, specs: list[str]) -> list[tuple[str, str, bytes] | None]:
+        """Read many objects in one process: (oid, type, content) per spec, None if missing."""
+        if not specs:
+            return []
+        out = self.git("cat-file", "--batch", input=("\n".join(specs) + "\n").encode())
+        results, pos = [], 0
+        for _ in specs:
+            nl = out.index(b"\n", pos)
+            header = out[pos:nl].decode()
+            pos = nl + 1
+            if header.endswith(" missing") or header.endswith(" ambiguous"):
+                results.append(None)
+                continue
+            oid, kind, size = header.split(" ")
+            size = int(size)
+            results.append((oid, kind, out[pos:pos + size]))
+            pos += size + 1  # content is followed by a newline
+        return results
+
+    def log_messages(self, *revs: str) -> list[tuple[str, list[str], str]]:
+        """(commit, parents, message) for every commit reachable from revs, newest first."""
+        out = self.git("log", "--format=%H %P%x00%B%x00", *revs, "--").decode()
+        entries = []
+        for chunk in out.split("\x00\n"):
+            if not chunk.strip("\n\x00"):
+                continue
+            head, _, msg = chunk.lstrip("\n").partition("\x00")
+            ids = head.split()
+            entries.append((ids[0], ids[1:], msg))
+        return entries
+
+    def is_ancestor(self, a: str, b: str) -> bool:
+        p = subprocess.run(["git", "--git-dir", self.git_dir, "merge-base", "--is-ancestor", a, b],
+                           capture_output=True)
+        if p.returncode not in (0, 1):
+            raise GitError(f"git merge-base failed: {p.stderr.decode(errors='replace').strip()}")
+        return p.returncode == 0
+
+    # -- writes --------------------------------------------------------------------
+
+    def write_commits(self, commits: list[NewCommit]) -> list[str]:
+        """Write commits (and their blobs and trees) with one fast-import; return their ids.
+
+        No ref is left behind: the scratch branch fast-import needs is reset to nothing
+        before it finishes, so the objects exist but only update_refs makes them reachable.
+        """
+        if not commits:
+            return []
+        ident = self._ident()
+        scratch = f"refs/factory/tmp/{os.getpid()}-{time.monotonic_ns()}"
+        chunks: list[bytes] = [b"feature done\n"]
+        mark = 0
+        commit_marks = []
+        for c in commits:
+            file_marks = {}
+            for path, data in c.files.items():
+                mark += 1
+                file_marks[path] = mark
+                chunks.append(b"blob\nmark :%d\ndata %d\n%s\n" % (mark, len(data), data))
+            mark += 1
+            commit_marks.append(mark)
+            when = int(c.when if c.when is not None else time.time())
+            msg = c.message.encode()
+            chunks.append(b"reset %s\ncommit %s\nmark :%d\n" % (scratch.encode(), scratch.encode(), mark))
+            chunks.append(b"author %s %d +0000\ncommitter %s %d +0000\n" % (ident, when, ident, when))
+            chunks.append(b"data %d\n%s\n" % (len(msg), msg))
+            for n, p in enumerate(c.parents):
+                ref = b":%d" % commit_marks[p] if isinstance(p, int) else p.encode()
+                chunks.append(b"%s %s\n" % (b"merge" if n else b"from", ref))
+            for path, m in file_marks.items():
+                chunks.append(b"M 100644 :%d %s\n" % (m, path.encode()))
+            chunks.append(b"\n")
+        chunks.append(b"reset %s\ndone\n" % scratch.encode())
+        fd, marks_path = tempfile.mkstemp(prefix="factory-marks-", dir=self.git_dir)
+        os.close(fd)
+        try:
+            self.git("-c", "fastimport.unpackLimit=100", "fast-import", "--quiet",
+                     f"--export-marks={marks_path}", input=b"".join(chunks))
+            with open(marks_path) as f:
+                marks = dict(line.split() for line in f if line.strip())
+        finally:
+            os.unlink(marks_path)
+        return [marks[f":{m}"] for m in commit_marks]
+
+    def update_refs(self, updates: list[tuple[str, str, str | None]]) -> None:
+        """Move refs atomically, all or none: (ref, new, expected old; None means must not exist).
+
+        Raises RefConflict when any ref is not at its expected value (someone else wrote
+        first): the caller re-reads and tries again.
+        """
+        lines = ["start"]
+        for ref, new, old in updates:
+            lines.append(f"update {ref} {new} {old or ZERO}")
+        lines += ["prepare", "commit", ""]
+        payload = "\n".join(lines).encode()
+        p = subprocess.run(["git", "--git-dir", self.git_dir, "update-ref", "--stdin"],
+                           input=payload, capture_output=True, env=dict(os.environ, LC_ALL="C"))
+        if p.returncode == 0:
+            return
+        err = p.stderr.decode(errors="replace")
+        if self._clear_stale_locks(err):
+            raise RefConflict(err.strip())
+        # git says "cannot lock ref" for every lost swap: a value other than the one
+        # expected, a ref that exists (or not) against expectation, a lock held by another.
+        if "cannot lock ref" in err:
+            raise RefConflict(err.strip())
+        raise GitError(f"git update-ref failed: {err.strip()}")
+
+    def _clear_stale_locks(self, err: str) -> bool:
+        """A writer killed while holding a ref lock leaves REF.lock behind forever; a lock
+        under refs/factory/ older than STALE_LOCK_SECONDS can only be such a leftover."""
+        cleared = False
+        for path in re.findall(r"'([^']+\.lock)'", err):
+            full = path if os.path.isabs(path) else os.path.join(self.git_dir, path)
+            rel = os.path.relpath(full, self.git_dir)
+            if not rel.startswith("refs/factory/"):
+                continue
+            try:
+                if time.time() - os.path.getmtime(full) > STALE_LOCK_SECONDS:
+                    os.unlink(full)
+                    cleared = True
+            except FileNotFoundError:
+                cleared = True
+        return cleared
+
+    @staticmethod
+    def _ident() -> bytes:
+        # Records are factory's, not a person's: who acted is in the record itself. A fixed
+        # identity also spares a process per write and works where user.name is unset.
+        name = os.environ.get("GIT_COMMITTER_NAME") or "factory"
+        email = os.environ.get("GIT_COMMITTER_EMAIL") or "factory@localhost"
+        return f"{name} <{email}>".encode()
+
+
+def retry_cas(fn, *, deadline_s: float = 20.0):
+    """Run fn until it does not raise RefConflict, backing off with jitter between tries."""
+    start = time.monotonic()
+    delay = 0.002
+    while True:
+        try:
+            return fn()
+        except RefConflict:
+            if time.monotonic() - start > deadline_s:
+                raise
+            time.sleep(delay * (0.5 + int.from_bytes(os.urandom(1), "big") / 255))
+            delay = min(delay * 2, 0.1)
