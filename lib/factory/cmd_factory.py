@@ -26,27 +26,17 @@ def tool_path(verb: str) -> str | None:
     return shutil.which(name)
 
 
-def available_tools() -> list[str]:
-    """The factory-* executables reachable from here, by verb."""
-    dirs = [os.path.dirname(os.path.realpath(sys.argv[0] or ""))] + os.environ.get("PATH", "").split(os.pathsep)
-    verbs = set()
-    for d in dirs:
-        try:
-            for entry in os.listdir(d):
-                if entry.startswith("factory-") and os.access(os.path.join(d, entry), os.X_OK):
-                    verbs.add(entry[len("factory-"):])
-        except OSError:
-            continue
-    return sorted(verbs)
+# The tools this package installs; any other factory-VERB on PATH runs the same way.
+TOOLS = {
+    "issue": "the git-native issue store (factory-issue)",
+}
 
 
 class Umbrella(click.Group):
     def format_commands(self, ctx, formatter):
         super().format_commands(ctx, formatter)
-        tools = [(v, f"runs factory-{v}") for v in available_tools()]
-        if tools:
-            with formatter.section("Tools (factory VERB runs factory-VERB; see factory-VERB --help)"):
-                formatter.write_dl(tools)
+        with formatter.section("Tools (factory VERB runs factory-VERB from PATH; see factory-VERB --help)"):
+            formatter.write_dl(sorted(TOOLS.items()))
 
 
 @click.group(cls=Umbrella, context_settings=CONTEXT_SETTINGS, epilog="""

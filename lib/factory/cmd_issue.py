@@ -380,7 +380,7 @@ def update_cmd(issue_id, by, pretty, **opts):
         if not patches:
             raise BadInput(TOOL, "no patches in the input; nothing was written")
     store = _store()
-    resolved = [(store.resolve(i), p) for i, p in patches]  # every id exists before any write
+    resolved = [(store.get(i)["id"], p) for i, p in patches]  # every id exists before any write
     for i, p in resolved:
         _print_issues([store.update(i, p, _actor(by))], pretty)
 
@@ -438,7 +438,7 @@ def close_cmd(ids, reason, state, by, pretty):
     if reason is not None:
         contracts.validate_comment(reason)
     store = _store()
-    resolved = [store.resolve(i) for i in _target_ids(ids)]
+    resolved = [store.get(i)["id"] for i in _target_ids(ids)]  # all exist before any write
     for issue_id in resolved:
         _print_issues([store.close(issue_id, _actor(by), reason=reason, state=state)], pretty)
 

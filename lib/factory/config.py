@@ -236,11 +236,17 @@ budgets:
   wall_seconds: 1800
   attempts: 3                   # runs per issue before it is marked failed
 
-# Sensors, by name: a `command` (its output mapped to findings by the jq `map`) or a
-# model `prompt`, run on a cron `schedule`. Example:
+# Sensors, by name. Each gives exactly one of:
+#   command:  a shell command run in an agent container; its output becomes findings
+#   prompt:   instructions for a model agent that compares intent with the repository
+# and may give:
+#   schedule: a cron schedule (default @hourly)
+#   map:      a jq expression turning the command's output into finding objects
+# Example:
 #   tests:
 #     command: pytest -q
 #     schedule: "0 * * * *"
+#     map: 'select(.outcome == "failed") | {title: .nodeid}'
 sensors: {}
 
 # Other factories this one files issues on, by name. Example:

@@ -136,7 +136,8 @@ class IssueStore:
         return issues
 
     def resolve(self, id_or_prefix: str) -> str:
-        """The full id for a full id or a unique prefix."""
+        """The full id for a unique prefix. A full id is returned unchecked (no process):
+        `read` and `get` are what say whether it exists."""
         if not isinstance(id_or_prefix, str) or not contracts.ID_PREFIX_RE.match(id_or_prefix):
             raise NoSuchIssue(f"'{id_or_prefix}' is not an issue id (ids are hex, such as 7f3a; "
                               "try: factory-issue list)")

@@ -1,0 +1,50 @@
+"""docs/commands/*.md, generated from the tools' --help so the two can never disagree.
+
+`python -m factory.docs` rewrites them; a test fails when a page is stale or missing.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+
+from . import atomic
+
+
+def tools() -> dict[str, click.Command]:
+    from . import cmd_factory, cmd_issue
+    return {"factory": cmd_factory.cli, "factory-issue": cmd_issue.cli}
+
+
+def _help(cmd: click.Command, name: str, parent: click.Context | None = None) -> str:
+    settings = dict(cmd.context_settings, terminal_width=100, max_content_width=100)
+    ctx = click.Context(cmd, info_name=name, parent=parent, **settings)
+    return cmd.get_help(ctx), ctx
+
+
+def render(name: str, cmd: click.Command) -> str:
+    text, ctx = _help(cmd, name)
+    out = [f"# {name}\n", "```", text, "```\n"]
+    if isinstance(cmd, click.Group):
+        for sub in cmd.list_commands(ctx):
+            sub_text, _ = _help(cmd.get_command(ctx, sub), sub, parent=ctx)
+            out += [f"## {name} {sub}\n", "```", sub_text, "```\n"]
+    return "\n".join(out)
+
+
+def pages(root: str) -> dict[str, str]:
+    return {os.path.join(root, "docs", "commands", f"{n}.md"): render(n, c) for n, c in tools().items()}
+
+
+def main() -> int:
+    root = sys.argv[1] if len(sys.argv) > 1 else os.getcwd()
+    for path, text in pages(root).items():
+        atomic.write_text(path, text)
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

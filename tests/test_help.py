@@ -1,0 +1,65 @@
+"""Every executable and verb documents itself: input, output, exit codes, examples; the
+docs pages are generated from that help and must match it."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from conftest import BIN, ROOT, run_tool
+
+from factory import docs
+
+EXECUTABLES = sorted(n for n in os.listdir(BIN) if n.startswith("factory") and os.access(os.path.join(BIN, n), os.X_OK))
+
+
+def verbs(tool):
+    cmd = docs.tools()[tool]
+    return sorted(getattr(cmd, "commands", {}))
+
+
+def test_every_executable_is_a_documented_tool():
+    assert set(EXECUTABLES) == set(docs.tools()), "bin/ and factory.docs.tools() list the same tools"
+
+
+@pytest.mark.parametrize("tool", EXECUTABLES)
+def test_help_documents_exit_codes_and_examples(tool, tool_env, tmp_path):
+    for args in [[tool, "--help"]] + [[tool, v, "--help"] for v in verbs(tool)]:
+        r = run_tool(args, cwd=tmp_path, env=tool_env)
+        assert r.returncode == 0, (args, r.stderr)
+        assert "Exit codes:" in r.stdout, args
+        examples = r.stdout.split("Examples:")[-1]
+        assert "Examples:" in r.stdout and tool in examples, args
+
+
+@pytest.mark.parametrize("tool", EXECUTABLES)
+def test_help_does_not_import_the_sdks(tool):
+    """--help must stay fast: it never loads the anthropic or docker SDKs."""
+    import subprocess
+    import sys
+    code = (f"import sys; sys.argv=['{tool}', '--help']; sys.path.insert(0, {os.path.join(ROOT, 'lib')!r});"
+            "from factory import docs; cmd = docs.tools()[sys.argv[0]];"
+            "import contextlib, io;"
+            "f = io.StringIO();"
+            "exec('with contextlib.redirect_stdout(f):\\n try: cmd.main(standalone_mode=False)\\n except SystemExit: pass');"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('anthropic', 'docker', 'jq')))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_docs_pages_match_the_help():
+    stale = []
+    for path, text in docs.pages(ROOT).items():
+        if not os.path.exists(path) or open(path).read() != text:
+            stale.append(os.path.relpath(path, ROOT))
+    assert not stale, f"regenerate with `just docs`: {stale}"
+
+
+def test_factory_runs_factory_verb_and_passes_its_exit_code(git_repo, tool_env):
+    r = run_tool(["factory", "issue", "next"], cwd=git_repo, env=tool_env)
+    assert r.returncode == 1 and "no ready issue" in r.stderr  # factory-issue's own "no"
+    r = run_tool(["factory", "issue", "list", "--state", "bogus"], cwd=git_repo, env=tool_env)
+    assert r.returncode == 2
+    r = run_tool(["factory", "no-such-verb"], cwd=git_repo, env=tool_env)
+    assert r.returncode == 127 and "not a factory command" in r.stderr
