@@ -1,0 +1,29 @@
+# factory's command runner: each recipe calls the tools; logic lives in the tools.
+# `./setup` first (it installs `just` into .venv), then `. .venv/bin/activate`.
+
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+# list the recipes
+default:
+    @just --list
+
+# the main job: set up a demo repository, file issues, show the factory's status
+demo dir="/tmp/factory-demo":
+    scripts/demo "{{dir}}"
+
+# run the whole test suite (bats black-box pipes, then pytest; Docker tests included)
+test *args:
+    bats tests/
+    pytest {{args}}
+
+# run the benchmarks and print their figures
+bench:
+    python3 bench/issues_bench.py
+
+# regenerate docs/commands/*.md from the tools' --help
+docs:
+    python3 -m factory.docs .
+
+# make sure a Docker engine answers (starts dockerd as root when none does)
+engine:
+    scripts/ensure-docker
