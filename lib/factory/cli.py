@@ -30,9 +30,11 @@ class Failed(click.ClickException):
 
     exit_code = EXIT_NO
 
-    def __init__(self, tool: str, message: str):
+    def __init__(self, tool: str, message: str, code: int | None = None):
         super().__init__(message)
         self.tool = tool
+        if code is not None:
+            self.exit_code = code  # a tool's own documented code
 
     def show(self, file=None):
         click.echo(f"{self.tool}: {self.format_message()}", err=True)

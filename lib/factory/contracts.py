@@ -209,3 +209,49 @@ def validate_patch(obj) -> dict:
 
 def validate_comment(text) -> str:
     return _text("comment", text, max_bytes=MAX_COMMENT_BYTES, empty_ok=False)
+
+
+# -- task (input to factory-spawn) -------------------------------------------------------
+
+TASK_FIELDS = ("v", "kind", "issue", "ref", "target", "budgets", "model", "sensor", "adversary")
+BUDGET_KEYS = {"turns": int, "tokens": int, "cost_usd": (int, float), "wall_seconds": (int, float)}
+
+
+def validate_task(obj) -> dict:
+    """A task for factory-spawn. An issue as factory-issue prints it is a task of the
+    issue's kind; raises ContractError."""
+    if not isinstance(obj, dict):
+        raise ContractError("task", f"must be a JSON object, not {type(obj).__name__}")
+    if "title" in obj and "id" in obj and "issue" not in obj:
+        obj = {"kind": obj.get("kind", "worker"), "issue": obj}
+    unknown = [k for k in obj if k not in TASK_FIELDS]
+    if unknown:
+        raise ContractError(unknown[0], f"is not a field of a task (fields: {', '.join(TASK_FIELDS)})")
+    task = {"kind": _choice("kind", obj.get("kind", "worker"), KINDS)}
+    issue = obj.get("issue")
+    if task["kind"] == "worker":
+        if not isinstance(issue, dict) or not isinstance(issue.get("id"), str) or not ID_RE.match(issue["id"]):
+            raise ContractError("issue", "a worker's task needs an issue with a full id "
+                                         "(pipe in: factory-issue next)")
+    if issue is not None:
+        if not isinstance(issue, dict):
+            raise ContractError("issue", "must be an issue object")
+        task["issue"] = issue
+    for key in ("ref", "target", "model"):
+        if key in obj:
+            task[key] = _text(key, obj[key], max_chars=255, single_line=True, empty_ok=False)
+    budgets = obj.get("budgets", {})
+    if not isinstance(budgets, dict):
+        raise ContractError("budgets", "must be an object such as {\"turns\": 20}")
+    for k, v in budgets.items():
+        if k not in BUDGET_KEYS:
+            raise ContractError(f"budgets.{k}", f"is not a budget ({', '.join(BUDGET_KEYS)})")
+        if isinstance(v, bool) or not isinstance(v, BUDGET_KEYS[k]) or v <= 0:
+            raise ContractError(f"budgets.{k}", f"must be a positive number, not {v!r}")
+    task["budgets"] = dict(budgets)
+    for key in ("sensor", "adversary"):
+        if key in obj:
+            if not isinstance(obj[key], dict):
+                raise ContractError(key, "must be an object such as {\"name\": ..., \"prompt\": ...}")
+            task[key] = obj[key]
+    return task

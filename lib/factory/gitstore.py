@@ -130,12 +130,55 @@ class Repo:
             entries.append((ids[0], ids[1:], msg))
         return entries
 
+    def read_tree(self, rev: str, prefix: str) -> dict[str, bytes]:
+        """Every file under `prefix` at `rev` (not the work tree): path -> content."""
+        out = self.git("ls-tree", "-r", "-z", rev, "--", prefix, check=False)
+        entries = []
+        for item in out.split(b"\0"):
+            if not item:
+                continue
+            meta, _, path = item.partition(b"\t")
+            mode, kind, oid = meta.decode().split()
+            if kind == "blob" and mode in ("100644", "100755"):
+                entries.append((path.decode(errors="replace"), oid))
+        blobs = self.cat_batch([oid for _, oid in entries])
+        return {path: b[2] for (path, _), b in zip(entries, blobs) if b is not None}
+
     def is_ancestor(self, a: str, b: str) -> bool:
         p = subprocess.run(["git", "--git-dir", self.git_dir, "merge-base", "--is-ancestor", a, b],
                            capture_output=True)
         if p.returncode not in (0, 1):
             raise GitError(f"git merge-base failed: {p.stderr.decode(errors='replace').strip()}")
         return p.returncode == 0
+
+    # -- workspaces and bundles ----------------------------------------------------
+    # The host runs git in an agent's workspace only before the agent has touched it
+    # (the clone). Afterwards only a bundle file crosses back, read in the host's own
+    # repository: hooks, core.fsmonitor or filters planted by an agent never run here.
+
+    def clone_for_agent(self, rev: str, dest: str, branch: str) -> str:
+        """A fresh clone of `rev` at dest (objects hardlinked: fast, and read-only to the
+        agent because ownership of shared files is never handed over), checked out on
+        `branch`. Returns the commit it starts from."""
+        base = self.resolve(rev)
+        if base is None:
+            raise GitError(f"'{rev}' is not a commit in {self.git_dir}")
+        self.run("clone", "-q", "--local", "--no-checkout", self.git_dir, dest)
+        self.run("-C", dest, "checkout", "-q", "-B", branch, base)
+        self.run("-C", dest, "remote", "remove", "origin")  # the host path means nothing inside
+        return base
+
+    def unbundle(self, bundle_path: str) -> dict[str, str]:
+        """Verify a bundle against this repository and store its objects (no ref moves);
+        return the refs it carries (name -> commit)."""
+        self.git("bundle", "verify", "-q", bundle_path)
+        out = self.git("bundle", "unbundle", bundle_path).decode()
+        heads = {}
+        for line in out.splitlines():
+            oid, _, name = line.partition(" ")
+            if re.fullmatch(r"[0-9a-f]{40}", oid):
+                heads[name] = oid
+        return heads
 
     # -- writes --------------------------------------------------------------------
 

@@ -24,9 +24,40 @@ SECTIONS = {
 }
 
 
+# The order agents read the layer in: the constitution, the guardrails, the case law,
+# then what the repository is meant to do.
+ORDER = ("principles", "prohibitions", "postmortems", "specs")
+
+
+def layer_text(files: dict[str, bytes]) -> str:
+    """The intent layer as one text, in a stable order (section, then path), so that the
+    same layer always gives the same bytes and the prompt cache can serve it."""
+    parts = []
+    for section in ORDER:
+        prefix = f"{INTENT_DIR}/{section}/"
+        paths = sorted(p for p in files if p.startswith(prefix) and p.endswith(".md")
+                       and os.path.basename(p) != "README.md")
+        if not paths:
+            continue
+        parts.append(f"# {section.capitalize()}\n")
+        for p in paths:
+            parts.append(f"<file path=\"{p}\">\n{files[p].decode('utf-8', errors='replace').strip()}\n</file>\n")
+    return "\n".join(parts) if parts else "(This repository has no intent layer yet.)\n"
+
+
 def skeleton_files() -> dict[str, str]:
     """Relative path -> content of every file `factory init` creates under intent/."""
     files = {}
     for section, text in SECTIONS.items():
         files[os.path.join(INTENT_DIR, section, "README.md")] = f"# intent/{section}\n\n{text}"
     return files
+
+
+def system_prompt(role_instructions: str, layer: str) -> list[dict]:
+    """The system prompt: role instructions, then the intent layer, one cache breakpoint
+    after both. Both are the same bytes for every run of a kind on the same commit of the
+    intent layer, so every agent after the first reads them from the prompt cache."""
+    return [
+        {"type": "text", "text": role_instructions},
+        {"type": "text", "text": layer, "cache_control": {"type": "ephemeral"}},
+    ]

@@ -1,0 +1,328 @@
+"""The agent loop: the model proposes tool calls, the sandbox runs them, budgets stop it.
+
+The loop runs on the host; only the tools' effects happen in the container. Tools are
+Anthropic's own bash and text-editor tools (the tool types the models are trained on)
+plus, for sensors and adversaries, report_finding. Every turn ends in one of: the model
+answers without a tool call (ok), a budget runs out (budget / timeout), the same calls
+keep coming back with the same results (stuck), the model cannot be reached after
+retries (error), or the container is gone (failed).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+
+from .model import ModelError, Usage, cost
+
+BASH_TOOL = {"type": "bash_20250124", "name": "bash"}
+EDITOR_TOOL = {"type": "text_editor_20250728", "name": "str_replace_based_edit_tool"}
+FINDING_TOOL = {
+    "name": "report_finding",
+    "description": "Report one finding: a difference between what the repository is meant to be and "
+                   "what it is, or a failure you can demonstrate. One call per finding.",
+    "input_schema": {
+        "type": "object",
+        "properties": {
+            "title": {"type": "string", "description": "One line naming the problem."},
+            "body": {"type": "string", "description": "The evidence and what should happen instead."},
+            "severity": {"type": "string", "enum": ["low", "medium", "high", "critical"]},
+            "fingerprint": {"type": "string", "description": "A stable name for this problem, the same every "
+                                                             "time it is seen (e.g. file:function:symptom)."},
+            "reproduction": {"type": "string", "description": "A shell command, run from /workspace/repo, "
+                                                              "that exits non-zero because of the problem."},
+        },
+        "required": ["title", "body", "severity", "fingerprint"],
+    },
+}
+
+REPO_DIR = "/workspace/repo"
+TOOL_TIMEOUT_S = 300          # one bash call, at most (less when the wall budget is nearer)
+TOOL_OUTPUT_BYTES = 30_000    # what a tool result may carry back to the model
+VIEW_LINES = 2_000            # a file view shows at most this many lines
+STUCK_REPEATS = 3             # the same calls with the same results this many turns running
+CWD_MARK = "\x1efactory-cwd:"
+
+
+def tools_for(kind: str) -> list[dict]:
+    return [BASH_TOOL, EDITOR_TOOL] + ([FINDING_TOOL] if kind in ("sensor", "adversary") else [])
+
+
+@dataclass
+class Budgets:
+    turns: int
+    tokens: int
+    cost_usd: float
+    wall_seconds: float
+
+
+@dataclass
+class Outcome:
+    status: str                   # ok | budget | timeout | stuck | error | failed
+    reason: str
+    turns: int = 0
+    usage: Usage = field(default_factory=Usage)
+    cost_usd: float = 0.0
+    findings: list = field(default_factory=list)
+    transcript: list = field(default_factory=list)
+    model_retries: int = 0
+    first_request_at: float | None = None   # time.monotonic() when the first request went out
+    last_answer_at: float | None = None     # time.monotonic() of the last model answer
+
+
+class ContainerGone(Exception):
+    pass
+
+
+class Agent:
+    def __init__(self, model, sandbox, *, kind: str, system: list[dict], budgets: Budgets,
+                 started: float | None = None, log=lambda msg: None):
+        self.model = model
+        self.sandbox = sandbox
+        self.kind = kind
+        self.system = system
+        self.tools = tools_for(kind)
+        self.budgets = budgets
+        self.started = started if started is not None else time.monotonic()
+        self.deadline = self.started + budgets.wall_seconds
+        self.log = log
+        self.cwd = REPO_DIR
+        self.findings: list[dict] = []
+
+    # -- the loop ------------------------------------------------------------------
+
+    def run(self, first_message: str) -> Outcome:
+        out = Outcome(status="ok", reason="")
+        messages = [{"role": "user", "content": [{"type": "text", "text": first_message}]}]
+        out.transcript = messages
+        seen: list[str] = []
+        while True:
+            stop = self._over_budget(out)
+            if stop:
+                out.status, out.reason = stop
+                break
+            self._move_cache_breakpoint(messages)
+            if out.first_request_at is None:
+                out.first_request_at = time.monotonic()
+            try:
+                self.model.deadline = self.deadline
+                reply = self.model.send(system=self.system, messages=messages, tools=self.tools)
+            except ModelError as e:
+                out.status = "timeout" if e.kind == "deadline" else "error"
+                out.reason = f"model: {e}"
+                break
+            out.last_answer_at = time.monotonic()
+            out.turns += 1
+            out.usage = out.usage + reply.usage
+            out.model_retries += reply.retries
+            out.cost_usd = cost(self.model.name, out.usage)
+            messages.append({"role": "assistant", "content": reply.content})
+            calls = [b for b in reply.content if b.get("type") == "tool_use"]
+            if not calls:
+                if reply.stop_reason == "refusal":
+                    out.status, out.reason = "failed", "the model refused the task"
+                else:
+                    out.status, out.reason = "ok", _text_of(reply.content)[:2000] or "the agent finished"
+                break
+            try:
+                results = [self._call(c) for c in calls]
+            except ContainerGone as e:
+                out.status, out.reason = "failed", str(e)
+                break
+            messages.append({"role": "user", "content": results})
+            signature = json.dumps([[c["name"], c["input"]] for c in calls] +
+                                   [r["content"] for r in results], sort_keys=True)
+            seen.append(signature)
+            if len(seen) >= STUCK_REPEATS and len(set(seen[-STUCK_REPEATS:])) == 1:
+                out.status = "stuck"
+                out.reason = f"the same tool calls returned the same results {STUCK_REPEATS} turns running"
+                break
+        self._strip_cache_breakpoints(messages)
+        out.findings = self.findings
+        return out
+
+    def _over_budget(self, out: Outcome):
+        b = self.budgets
+        if time.monotonic() >= self.deadline:
+            return "timeout", f"wall time budget of {b.wall_seconds:g} s used up"
+        if out.turns >= b.turns:
+            return "budget", f"turn budget of {b.turns} used up"
+        if out.usage.total_tokens >= b.tokens:
+            return "budget", f"token budget of {b.tokens} used up ({out.usage.total_tokens})"
+        if out.cost_usd >= b.cost_usd:
+            return "budget", f"cost budget of ${b.cost_usd:g} used up (${out.cost_usd:.4f})"
+        return None
+
+    @staticmethod
+    def _move_cache_breakpoint(messages):
+        """One rolling breakpoint on the newest block, so each turn reads all earlier turns
+        from the cache (with the system prompt's, two of the API's four breakpoints)."""
+        Agent._strip_cache_breakpoints(messages)
+        last = messages[-1]["content"][-1]
+        last["cache_control"] = {"type": "ephemeral"}
+
+    @staticmethod
+    def _strip_cache_breakpoints(messages):
+        for m in messages:
+            if isinstance(m["content"], list):
+                for block in m["content"]:
+                    if isinstance(block, dict):
+                        block.pop("cache_control", None)
+
+    # -- tools ---------------------------------------------------------------------
+
+    def _call(self, call: dict) -> dict:
+        name, args = call["name"], call.get("input") or {}
+        try:
+            if name == "bash":
+                text, is_error = self._bash(args)
+            elif name == "str_replace_based_edit_tool":
+                text, is_error = self._edit(args)
+            elif name == "report_finding" and "report_finding" in {t["name"] for t in self.tools}:
+                text, is_error = self._finding(args)
+            else:
+                text, is_error = f"there is no tool named {name!r}", True
+        except ContainerGone:
+            raise
+        except ToolInputError as e:
+            text, is_error = str(e), True
+        self.log(f"tool {name}: {'error' if is_error else 'ok'}")
+        result = {"type": "tool_result", "tool_use_id": call["id"], "content": text or "(no output)"}
+        if is_error:
+            result["is_error"] = True
+        return result
+
+    def _exec(self, command: str, timeout: float):
+        from .sandbox import SandboxGone
+        try:
+            return self.sandbox.exec(command, timeout=timeout, workdir=REPO_DIR, max_output=TOOL_OUTPUT_BYTES)
+        except SandboxGone as e:
+            raise ContainerGone(f"the container is gone (killed from outside, or past its deadline): {e}")
+
+    def _bash(self, args: dict):
+        if args.get("restart"):
+            self.cwd = REPO_DIR
+            return "the shell was restarted", False
+        command = args.get("command")
+        if not isinstance(command, str) or not command.strip():
+            raise ToolInputError("bash needs a `command`")
+        remaining = self.deadline - time.monotonic()
+        timeout = max(1.0, min(TOOL_TIMEOUT_S, remaining))
+        # Each call is its own bash; carry the working directory over as a session would.
+        wrapped = (f"cd {_quote(self.cwd)} 2>/dev/null || cd {REPO_DIR}\n{command}\n"
+                   f"__rc=$?; printf '\\n{CWD_MARK}%s\\n' \"$PWD\"; exit $__rc")
+        r = self._exec(wrapped, timeout)
+        output = r.output
+        mark = output.rfind(CWD_MARK)
+        if mark != -1:
+            self.cwd = output[mark + len(CWD_MARK):].strip() or self.cwd
+            output = output[:mark].rstrip("\n")
+        if r.timed_out:
+            return f"{output}\n[the command was stopped after {timeout:.0f} s]", True
+        return (output + (f"\n[exit code {r.exit_code}]" if r.exit_code else "")).strip("\n"), bool(r.exit_code)
+
+    def _edit(self, args: dict):
+        from .sandbox import container_path
+        cmd, path = args.get("command"), args.get("path")
+        if not isinstance(path, str) or not path.startswith("/"):
+            raise ToolInputError("`path` must be an absolute path, such as /workspace/repo/src/main.py")
+        try:
+            path = container_path(path)
+        except ValueError as e:
+            raise ToolInputError(str(e))
+        if cmd == "view":
+            return self._view(path, args.get("view_range"))
+        if cmd == "create":
+            text = args.get("file_text")
+            if not isinstance(text, str):
+                raise ToolInputError("create needs `file_text`")
+            self._write(path, text)
+            return f"created {path}", False
+        if cmd == "str_replace":
+            old, new = args.get("old_str"), args.get("new_str", "")
+            if not isinstance(old, str) or not old:
+                raise ToolInputError("str_replace needs a non-empty `old_str`")
+            text = self._read(path)
+            count = text.count(old)
+            if count == 0:
+                return f"old_str was not found in {path}; nothing changed", True
+            if count > 1:
+                return f"old_str occurs {count} times in {path}; give more context to make it unique", True
+            self._write(path, text.replace(old, new or "", 1))
+            return f"edited {path}", False
+        if cmd == "insert":
+            line, new = args.get("insert_line"), args.get("new_str") or args.get("insert_text")
+            if not isinstance(line, int) or not isinstance(new, str):
+                raise ToolInputError("insert needs `insert_line` (a number) and `new_str`")
+            lines = self._read(path).splitlines(keepends=True)
+            if not 0 <= line <= len(lines):
+                return f"insert_line {line} is outside 0..{len(lines)}", True
+            if lines and not lines[-1].endswith("\n") and line == len(lines):
+                lines[-1] += "\n"
+            lines[line:line] = [new if new.endswith("\n") else new + "\n"]
+            self._write(path, "".join(lines))
+            return f"inserted at line {line} of {path}", False
+        raise ToolInputError(f"unknown command {cmd!r} (view, create, str_replace, insert)")
+
+    def _view(self, path: str, view_range):
+        r = self._exec(f"if [ -d {_quote(path)} ]; then find {_quote(path)} -maxdepth 2 -not -path '*/.git/*' "
+                       f"-not -name .git | sort | head -500; else echo __file__; fi", 30)
+        if r.output.strip() != "__file__":
+            return r.output, bool(r.exit_code)
+        lines = self._read(path).splitlines()
+        start, end = 1, len(lines)
+        if view_range:
+            if (not isinstance(view_range, list) or len(view_range) != 2
+                    or not all(isinstance(n, int) for n in view_range)):
+                raise ToolInputError("view_range must be [first_line, last_line] (last may be -1)")
+            start = max(1, view_range[0])
+            end = len(lines) if view_range[1] == -1 else min(len(lines), view_range[1])
+        shown = lines[start - 1:end][:VIEW_LINES]
+        text = "\n".join(f"{n:6}\t{line}" for n, line in enumerate(shown, start=start))
+        if end - start + 1 > VIEW_LINES:
+            text += f"\n[showing {VIEW_LINES} lines; use view_range for the rest]"
+        return text or "(empty file)", False
+
+    def _read(self, path: str) -> str:
+        from .sandbox import SandboxError, SandboxGone
+        try:
+            return self.sandbox.read_file(path, max_bytes=4 << 20).decode("utf-8", errors="replace")
+        except SandboxGone as e:
+            raise ContainerGone(f"the container is gone: {e}")
+        except (SandboxError, ValueError) as e:
+            raise ToolInputError(f"cannot read {path}: {e}")
+
+    def _write(self, path: str, text: str) -> None:
+        from .sandbox import SandboxError, SandboxGone
+        try:
+            self.sandbox.write_file(path, text.encode())
+        except SandboxGone as e:
+            raise ContainerGone(f"the container is gone: {e}")
+        except (SandboxError, ValueError) as e:
+            raise ToolInputError(f"cannot write {path}: {e}")
+
+    def _finding(self, args: dict):
+        missing = [k for k in ("title", "body", "severity", "fingerprint") if not isinstance(args.get(k), str)]
+        if missing:
+            raise ToolInputError(f"report_finding needs {', '.join(missing)}")
+        if self.kind == "adversary" and not args.get("reproduction"):
+            return "an adversary's finding needs a `reproduction` command; it was not recorded", True
+        finding = {k: args[k] for k in ("title", "body", "severity", "fingerprint", "reproduction") if args.get(k)}
+        self.findings.append(finding)
+        return f"recorded finding {len(self.findings)}: {finding['title']}", False
+
+
+class ToolInputError(Exception):
+    """The model called a tool wrongly; it is told, and the run goes on."""
+
+
+def _quote(s: str) -> str:
+    return "'" + s.replace("'", "'\\''") + "'"
+
+
+def _text_of(content: list[dict]) -> str:
+    return "\n".join(b.get("text", "") for b in content if b.get("type") == "text").strip()
+
+
+

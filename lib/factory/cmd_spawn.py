@@ -1,0 +1,131 @@
+"""factory-spawn: one agent, one container, one task (arguments, JSON in and out, exit codes)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+
+import click
+
+from . import contracts
+from .cli import CONTEXT_SETTINGS, BadInput, Failed, emit, repo_option, run_main, stdin_is_data
+
+TOOL = "factory-spawn"
+
+
+@click.command(context_settings=CONTEXT_SETTINGS, epilog="""
+\b
+Input: one task as JSON on stdin (or in FILE): {"kind": "worker"|"sensor"|"adversary",
+"issue": {...}, "ref": "main", "budgets": {"turns", "tokens", "cost_usd", "wall_seconds"},
+"model": "..."}. An issue exactly as factory-issue prints it is a worker task, so
+`factory-issue next | factory-spawn` works. An open issue is claimed first; a claimed one
+is taken as handed over.
+
+\b
+What happens: a fresh clone of the ref outside your checkout; one container (no
+network, no capabilities, read-only root, non-root user, memory/CPU/pids limits from
+factory.yaml, a deadline it enforces itself); the agent loop on this host through the
+anthropic SDK (ANTHROPIC_API_KEY, ANTHROPIC_BASE_URL; FACTORY_MODEL overrides the model).
+The key never enters the container. A worker's commits leave as a git bundle and land
+on factory/<issue-id>, the only branch it can change. The run is recorded under
+refs/factory/runs/<run-id>; the issue moves to review, or back to open (failed past
+budgets.attempts). Container and workspace are removed whatever happens.
+
+\b
+Output: one run JSON: run, kind, issue, status, reason, branch, commit, base, findings,
+turns, usage (with cache reads and writes), cost_usd, started, ended, record, timings.
+
+\b
+Exit codes:
+  0  ok: the agent finished (a worker: its work is on the branch)
+  1  failed: the agent finished without work, the container died, or the model refused
+  2  usage or bad input; nothing was done
+  3  timeout: the wall time budget ran out
+  4  budget: the turn, token or cost budget ran out
+  5  error: the model could not be reached after retries, or Docker/git failed
+  6  stuck: the agent repeated the same calls without progress
+  7  not run: the issue could not be claimed (someone else has it); nothing was done
+
+\b
+Examples:
+  factory-issue next | factory-spawn
+  factory-issue next --claim | factory-spawn | jq -r .status
+  echo '{"kind": "worker", "issue": {"id": "7f3a5c2e9b1d"}, "budgets": {"turns": 20}}' | factory-spawn
+  factory-issue show 7f3a | factory-spawn --pretty
+""")
+@click.argument("task_file", required=False, type=click.File("rb"))
+@repo_option
+@click.option("-p", "--pretty", is_flag=True, help="Indent the run JSON.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress on stderr.")
+def cli(task_file, pretty, quiet):
+    """Run one agent on one task in one hardened container."""
+    raw = _read_task(task_file)
+    try:
+        task = contracts.validate_task(raw)
+    except contracts.ContractError as e:
+        raise BadInput(TOOL, f"task: {e}; nothing was done")
+    if not os.environ.get("ANTHROPIC_API_KEY"):
+        raise BadInput(TOOL, "ANTHROPIC_API_KEY is not set; the agent loop needs it (it stays on this host)")
+
+    from . import config
+    from .gitstore import GitError, Repo
+    from .issues import NoSuchIssue
+    try:
+        repo = Repo()
+    except GitError as e:
+        raise BadInput(TOOL, str(e))
+    try:
+        cfg = config.load(repo.work_tree() or repo.git_dir)
+    except config.ConfigError as e:
+        raise BadInput(TOOL, f"{e}\n(fix factory.yaml; nothing was done)")
+
+    from .spawn import EXIT_NOT_RUN, STATUS_EXIT, Log, NotRun, run_task
+    _signals_interrupt()
+    try:
+        run = run_task(task, repo, cfg, log=Log(echo=not quiet))
+    except NotRun as e:
+        raise Failed(TOOL, f"not run: {e}", code=EXIT_NOT_RUN)
+    except NoSuchIssue as e:
+        raise BadInput(TOOL, f"{e}; nothing was done")
+    emit(run, pretty=pretty)
+    return STATUS_EXIT.get(run["status"], 5)
+
+
+def _read_task(task_file):
+    if task_file is None:
+        if not stdin_is_data():
+            raise BadInput(TOOL, "no task: pipe one in (try: factory-issue next | factory-spawn)")
+        data = sys.stdin.buffer.read(contracts.MAX_LINE_BYTES + 1)
+    else:
+        data = task_file.read(contracts.MAX_LINE_BYTES + 1)
+    if len(data) > contracts.MAX_LINE_BYTES:
+        raise BadInput(TOOL, f"the task is over {contracts.MAX_LINE_BYTES} bytes; nothing was done")
+    text = data.decode("utf-8", errors="replace").strip()
+    if not text:
+        raise BadInput(TOOL, "the task is empty; nothing was done (try: factory-issue next | factory-spawn)")
+    try:
+        return json.loads(text)  # one JSON document, on one line or pretty-printed
+    except json.JSONDecodeError as e:
+        if e.msg == "Extra data":
+            raise BadInput(TOOL, "more than one task given; factory-spawn runs one agent "
+                                 "(loop in the shell for more); nothing was done")
+        raise BadInput(TOOL, f"the task is not JSON ({e.msg} at line {e.lineno} column {e.colno}); "
+                             "nothing was done")
+
+
+def _signals_interrupt():
+    """SIGTERM and SIGHUP end the run as Ctrl-C does: cleaned up and recorded."""
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, handler)
+
+
+def main() -> int:
+    return run_main(cli, TOOL)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

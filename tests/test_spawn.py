@@ -1,0 +1,98 @@
+"""factory-spawn end to end: real Docker, the real anthropic SDK against the scripted
+model, real git. The scripted model reads the bug, fixes it with the editor tool, runs
+the tests with bash; the fix lands on factory/<id> and nothing else changes."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+from modelserver import ScriptedModel, reply, text, tool_use
+from spawnkit import (CANARY_KEY, containers_of_run, everything_recorded, file_issue, git, record_file,
+                      sample_repo, spawn, spawn_env, tool_results)
+
+pytestmark = pytest.mark.docker
+
+
+@pytest.fixture
+def repo(tmp_path):
+    return sample_repo(tmp_path / "calc")
+
+
+def test_worker_fixes_the_bug_on_its_branch_and_leaves_nothing_behind(repo, tmp_path, tool_env):
+    issue = file_issue(repo, tool_env)
+    main_before = git(repo, "rev-parse", "main")
+    script = [
+        reply(text("Let me run the tests."), tool_use("bash", {"command": "python3 -m unittest -q 2>&1 | tail -3"})),
+        tool_use("str_replace_based_edit_tool", {"command": "view", "path": "/workspace/repo/calc.py"}),
+        tool_use("str_replace_based_edit_tool", {"command": "str_replace", "path": "/workspace/repo/calc.py",
+                                                 "old_str": "return a - b", "new_str": "return a + b"}),
+        tool_use("bash", {"command": "python3 -m unittest -q 2>&1 | tail -1 && git add -A && git commit -qm 'Make add() add'"}),
+        text("Fixed add(): it subtracted. The test passes now."),
+    ]
+    with ScriptedModel(script) as api:
+        code, run, err = spawn(repo, spawn_env(tool_env, api, tmp_path / "runs"), issue)
+    assert code == 0, err
+    assert run["status"] == "ok" and run["issue"] == issue["id"] and run["turns"] == 5
+    results = tool_results(api)
+    assert "FAILED" in results[0]                       # the model saw the failing test
+    assert "return a - b" in results[1]                 # ... read the code
+    assert "OK" in results[3]                           # ... and saw the tests pass after the fix
+
+    branch = f"factory/{issue['id']}"
+    assert run["branch"] == branch and git(repo, "rev-parse", branch) == run["commit"]
+    assert git(repo, "show", f"{branch}:calc.py") == "def add(a, b):\n    return a + b"
+    assert git(repo, "log", "-1", "--format=%s", branch) == "Make add() add"
+    assert git(repo, "rev-parse", "main") == main_before, "main must not move"
+    assert git(repo, "status", "--porcelain") == "", "the user's work tree is untouched"
+
+    shown = json.loads(__import__("subprocess").run(["factory-issue", "show", issue["id"]], cwd=repo, env=tool_env,
+                                                    capture_output=True, text=True).stdout)
+    assert shown["state"] == "review" and shown["branch"] == branch and shown["runs"] == [run["run"]]
+
+    recorded = json.loads(record_file(repo, run["run"], "run.json"))
+    assert recorded["status"] == "ok" and recorded["commit"] == run["commit"]
+    assert "Make add() add" in record_file(repo, run["run"], "transcript.json")
+    assert sum(run["usage"].values()) > 0 and run["usage"]["output_tokens"] > 0 and run["cost_usd"] > 0
+
+    assert containers_of_run(run["run"]) == [], "no container remains"
+    assert os.listdir(tmp_path / "runs") == [], "no workspace remains"
+    assert CANARY_KEY not in everything_recorded(repo, run["run"])
+    assert CANARY_KEY not in err
+
+
+def test_uncommitted_work_is_committed_for_the_agent(repo, tmp_path, tool_env):
+    issue = file_issue(repo, tool_env)
+    script = [
+        tool_use("str_replace_based_edit_tool", {"command": "create", "path": "/workspace/repo/NOTES.md",
+                                                 "file_text": "notes\n"}),
+        text("Done."),
+    ]
+    with ScriptedModel(script) as api:
+        code, run, err = spawn(repo, spawn_env(tool_env, api, tmp_path / "runs"), issue)
+    assert code == 0, err
+    assert git(repo, "show", f"factory/{issue['id']}:NOTES.md") == "notes"
+    assert "uncommitted" in git(repo, "log", "-1", "--format=%s", f"factory/{issue['id']}")
+
+
+def test_system_prompt_is_the_intent_layer_and_is_cached_across_turns_and_agents(repo, tmp_path, tool_env):
+    first, second = file_issue(repo, tool_env, title="one"), file_issue(repo, tool_env, title="two")
+    script = [tool_use("bash", {"command": "true"}), tool_use("bash", {"command": "ls"}), text("done"),
+              tool_use("bash", {"command": "true"}), text("done")]
+    env = None
+    with ScriptedModel(script) as api:
+        env = spawn_env(tool_env, api, tmp_path / "runs")
+        spawn(repo, env, first)
+        spawn(repo, env, second)
+    systems = [json.dumps(r["system"], sort_keys=True) for r in api.requests]
+    assert len(set(systems)) == 1, "the system prompt is byte-identical across turns and agents"
+    system_text = "".join(b["text"] for b in api.requests[0]["system"])
+    assert "Run the tests before you commit." in system_text      # the repo's principle
+    assert first["id"] not in system_text and "one" not in api.requests[0]["system"][-1]["text"]
+    assert api.requests[0]["system"][-1]["cache_control"] == {"type": "ephemeral"}
+    tools = [t.get("type") for t in api.requests[0]["tools"]]
+    assert tools == ["bash_20250124", "text_editor_20250728"]
+    # the first request writes the prefix; the second agent's first request reads it
+    assert api.usages[0]["cache_creation_input_tokens"] > 0 and api.usages[0]["cache_read_input_tokens"] == 0
+    assert api.usages[3]["cache_read_input_tokens"] > 0, api.usages
