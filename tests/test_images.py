@@ -9,6 +9,7 @@ import secrets
 import shutil
 import subprocess
 import tempfile
+import threading
 
 import pytest
 
@@ -87,7 +88,7 @@ def test_recipe_from_config_and_bad_packages():
 
 def test_generated_dockerfile_and_import_changes_set_user_workdir_home():
     digest = images.recipe_hash(TEST_RECIPE)
-    df = images.generated_dockerfile(TEST_RECIPE, digest)
+    df = images.generated_dockerfile(TEST_RECIPE)
     assert df.startswith(f"FROM {TEST_RECIPE.base}\n")
     assert "--no-install-recommends" in df and " procps" in df and " python3" in df
     assert "USER 1000:1000" in df and "ENV HOME=/tmp" in df and "WORKDIR /workspace" in df
@@ -227,3 +228,35 @@ def test_repo_dockerfile_is_built_labelled_and_rebuilt_only_when_it_changes(agen
         for t in made + [f"{name}:latest"]:
             subprocess.run(["docker", "rmi", "-f", t], capture_output=True)
     assert sandbox.image_info(agent_image) is not None
+
+
+@pytest.mark.docker
+def test_agents_starting_together_build_a_recipe_once(agent_image, repo_dir, monkeypatch):
+    with open(os.path.join(repo_dir, "Dockerfile"), "w") as f:
+        f.write(f"FROM {agent_image}\nENV FACTORY_TEST_RACE={secrets.token_hex(4)}\n")
+    name = f"factory-test-race-{secrets.token_hex(3)}"
+    r = images.Recipe(name=name, dockerfile="Dockerfile", repo=repo_dir)
+    builds, real_build = [], sandbox.build_image
+
+    def counting_build(**kw):
+        builds.append(kw["tag"])
+        return real_build(**kw)
+    monkeypatch.setattr(sandbox, "build_image", counting_build)
+    tags, errors = [], []
+
+    def one():
+        try:
+            tags.append(images.ensure_image(r, log=lambda m: None))
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+    threads = [threading.Thread(target=one) for _ in range(4)]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert not errors and len(tags) == 4 and len(set(tags)) == 1
+        assert len(builds) == 1, f"built {len(builds)} times"
+    finally:
+        for t in (images.image_tag(r), f"{name}:latest"):
+            subprocess.run(["docker", "rmi", "-f", t], capture_output=True)

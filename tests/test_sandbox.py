@@ -75,6 +75,10 @@ def sb(start):
     return start()
 
 
+def procs(sb) -> list[str]:
+    return ok(sb, "ps -eo args --no-headers").splitlines()
+
+
 def ok(sb, cmd, timeout=20) -> str:
     r = sb.exec(cmd, timeout=timeout)
     assert r.exit_code == 0, f"{cmd!r} failed ({r.exit_code}): {r.output}"
@@ -166,15 +170,23 @@ def test_inspect_shows_limits_labels_and_deadline(start):
 # -- limits, hit for real --------------------------------------------------------------
 
 @pytest.mark.docker
-def test_fork_bomb_stops_at_the_pids_limit_and_the_container_survives(sb):
+@pytest.mark.parametrize("bomb", [
+    ":(){ :|:& };:; sleep 3",
+    # a nested timeout moves the bomb into a process group of its own, and the bomb
+    # holds the pipe to tail open, so only the exec's timeout and the sweep end it
+    "timeout 10 bash -c ':(){ :|:& };:' 2>&1 | tail -2; echo bomb-over",
+], ids=["plain", "own-process-group"])
+def test_fork_bomb_stops_at_the_pids_limit_and_the_container_survives(sb, bomb):
     started = time.monotonic()
-    r = sb.exec(":(){ :|:& };:; sleep 3", timeout=5)
+    r = sb.exec(bomb, timeout=5)
     assert time.monotonic() - started < 5 + sandbox.KILL_GRACE_S + 5
-    assert "Resource temporarily unavailable" in r.output, r.output[:500]
+    if bomb.endswith("sleep 3"):
+        assert "Resource temporarily unavailable" in r.output, r.output[:500]
+    else:
+        assert r.timed_out, r
     assert sb.alive()
     # nothing of the bomb outlives its exec: the container is usable again at once
-    procs = ok(sb, "ps -e --no-headers | wc -l")
-    assert int(procs) < 10, ok(sb, "ps -ef")
+    assert len(procs(sb)) < 10, ok(sb, "ps -ef")
     assert subprocess.run(["true"]).returncode == 0  # and the host can still fork
 
 
@@ -197,7 +209,7 @@ def test_exec_timeout_kills_the_command_inside_the_container(sb):
     r = sb.exec("trap '' TERM; sleep 30", timeout=1)  # ignores TERM: KILL after the grace
     assert (r.exit_code, r.timed_out) == (137, True)
     assert 1 + sandbox.KILL_GRACE_S <= r.duration < 1 + sandbox.KILL_GRACE_S + 3
-    assert "sleep 30" not in ok(sb, "ps -eo args"), "the timed-out command is gone"
+    assert "sleep 30" not in procs(sb), "the timed-out command is gone"
 
 
 @pytest.mark.docker
@@ -222,14 +234,19 @@ def test_output_truncation_keeps_head_and_tail(sb):
 
 
 @pytest.mark.docker
-def test_background_processes_do_not_hold_the_exec(sb):
+def test_background_processes_end_with_their_exec_unless_detached(sb):
     r = sb.exec("sleep 60 & echo started", timeout=30)
-    assert (r.exit_code, r.output) == (0, "started\n") and r.duration < 3
-    assert "sleep 60" not in ok(sb, "ps -eo args"), "a background job ends with its exec"
-    # setsid leaves the process group, so it survives; it still holds stdout open
-    r = sb.exec("setsid sleep 60 & echo detached", timeout=30)
-    assert (r.exit_code, r.output) == (0, "detached\n") and r.duration < 3
-    assert "sleep 60" in ok(sb, "ps -eo args")
+    assert (r.exit_code, r.output) == (0, "started\n") and r.duration < 2
+    assert "sleep 60" not in procs(sb), "a background job ends with its exec"
+    r = sb.exec("timeout 50 sleep 63 & sleep 0.3; echo nested", timeout=30)
+    assert r.output == "nested\n" and "sleep 63" not in procs(sb), "its own process group, same session"
+    # setsid leaves the session, so it survives its exec (until the deadline)
+    r = sb.exec("setsid sleep 61 >/dev/null 2>&1 & sleep 0.5; echo detached", timeout=30)
+    assert (r.exit_code, r.output) == (0, "detached\n") and r.duration < 2
+    assert "sleep 61" in procs(sb)
+    # one that keeps the exec's stdout open does not hold the exec much longer either
+    r = sb.exec("setsid sleep 62 & sleep 0.5; echo held", timeout=30)
+    assert (r.exit_code, r.output) == (0, "held\n") and r.duration < 4
 
 
 def test_head_tail_keeps_both_ends_across_chunks():
@@ -313,36 +330,87 @@ def test_deadline_removes_the_container_by_itself(start):
 
 
 @pytest.mark.docker
+def test_deadline_mid_exec_raises_sandbox_gone(start):
+    sb = start(deadline_s=2)
+    started = time.monotonic()
+    with pytest.raises(sandbox.SandboxGone):
+        sb.exec("sleep 30", timeout=60)
+    assert time.monotonic() - started < 10
+
+
+@pytest.mark.docker
 def test_reap_removes_containers_of_dead_owners_only(start):
-    p = subprocess.Popen(["true"])
-    p.wait()  # its pid now names no process
-    orphan = start(labels={"factory.owner_pid": str(p.pid), "factory.case": "orphan"})
-    owned = start(labels={"factory.case": "owned"})  # owner_pid: this process
-    mine = {"factory.test": RUN}
-    found = {c["id"]: c for c in sandbox.list_containers(mine)}
-    assert {orphan.id, owned.id} <= set(found)
-    assert sandbox.list_containers(mine, **{"factory.case": "orphan"})[0]["id"] == orphan.id
+    # Above the largest pid_max Linux allows (2**22): names no process, and never will,
+    # unlike the pid of a finished child, which a busy host may hand out again.
+    dead_pid = 2**22 + 1
+    case = secrets.token_hex(3)
+    orphan = start(labels={"factory.owner_pid": str(dead_pid), "factory.case": case})
+    owned = start(labels={"factory.case": case})  # owner_pid: this process
+    mine = {"factory.test": RUN, "factory.case": case}
+    assert {c["id"] for c in sandbox.list_containers(mine)} == {orphan.id, owned.id}
+    assert [c["id"] for c in sandbox.list_containers(mine, **{"factory.owner_pid": str(dead_pid)})] == [orphan.id]
     assert sandbox.reap(owner_alive=lambda labels: True, filters=mine) == []
+    assert orphan.alive()
     assert sandbox.reap(filters=mine) == [orphan.id]
     assert orphan.state().status == "gone"
     assert owned.alive()
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root")
-def test_prepare_workspace_chowns_without_following_symlinks(workspace):
-    outside = tempfile.NamedTemporaryFile(delete=False)
+def test_prepare_workspace_hands_over_nothing_outside(workspace):
+    outside_dir = tempfile.mkdtemp(prefix="factory-test-outside-")
     try:
+        target = os.path.join(outside_dir, "target")
+        shared = os.path.join(outside_dir, "shared-object")
+        for p in (target, shared):
+            with open(p, "w") as f:
+                f.write("host\n")
+        os.chmod(shared, 0o444)
         os.makedirs(os.path.join(workspace, "d"))
         open(os.path.join(workspace, "d", "f"), "w").close()
-        os.symlink(outside.name, os.path.join(workspace, "d", "link"))
+        os.symlink(target, os.path.join(workspace, "d", "link"))
+        os.link(shared, os.path.join(workspace, "d", "hardlink"))  # as git clone --local does
         sandbox.prepare_workspace(workspace)
         for rel in ("", "d", "d/f", "d/link"):
             assert os.lstat(os.path.join(workspace, rel)).st_uid == 1000, rel
-        assert os.stat(outside.name).st_uid == 0, "a link's target outside stays the host's"
+        assert os.stat(target).st_uid == 0, "a symlink's target stays the host's"
+        assert os.stat(shared).st_uid == 0, "a hard-linked file stays the host's"
     finally:
-        os.unlink(outside.name)
+        shutil.rmtree(outside_dir)
+
+
+@pytest.mark.docker
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root")
+def test_agent_can_read_but_not_write_a_hard_linked_file(start, workspace):
+    outside_dir = tempfile.mkdtemp(prefix="factory-test-outside-")
+    try:
+        shared = os.path.join(outside_dir, "object")
+        with open(shared, "w") as f:
+            f.write("host\n")
+        os.chmod(shared, 0o444)
+        os.link(shared, os.path.join(workspace, "object"))
+        sb = start()
+        assert ok(sb, "cat /workspace/object") == "host\n"
+        r = sb.exec("chmod 666 /workspace/object; echo x >> /workspace/object", timeout=10)
+        assert r.exit_code != 0
+        ok(sb, "rm /workspace/object && echo mine > /workspace/object")  # replacing it is fine
+        with open(shared) as f:
+            assert f.read() == "host\n"
+    finally:
+        shutil.rmtree(outside_dir)
 
 
 def test_exec_result_is_json_ready():
     r = ExecResult(0, "x", False, False, 0.1)
     assert r.to_dict() == {"exit_code": 0, "output": "x", "timed_out": False, "truncated": False, "duration": 0.1}
+
+
+def test_owner_alive_reads_the_owner_pid_label():
+    import socket
+    here = socket.gethostname()
+    assert sandbox.owner_alive({"factory.owner_pid": str(os.getpid()), "factory.host": here})
+    assert not sandbox.owner_alive({"factory.owner_pid": str(2**22 + 1), "factory.host": here})
+    assert not sandbox.owner_alive({"factory.owner_pid": "nope"})
+    assert not sandbox.owner_alive({})
+    assert sandbox.owner_alive({"factory.owner_pid": str(2**22 + 1), "factory.host": here + "-elsewhere"}), \
+        "another host's container is not ours to judge"

@@ -29,6 +29,7 @@ def tool_path(verb: str) -> str | None:
 # The tools this package installs; any other factory-VERB on PATH runs the same way.
 TOOLS = {
     "issue": "the git-native issue store (factory-issue)",
+    "spawn": "one agent in one hardened container (factory-spawn)",
 }
 
 

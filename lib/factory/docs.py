@@ -14,8 +14,8 @@ from . import atomic
 
 
 def tools() -> dict[str, click.Command]:
-    from . import cmd_factory, cmd_issue
-    return {"factory": cmd_factory.cli, "factory-issue": cmd_issue.cli}
+    from . import cmd_factory, cmd_issue, cmd_spawn
+    return {"factory": cmd_factory.cli, "factory-issue": cmd_issue.cli, "factory-spawn": cmd_spawn.cli}
 
 
 def _help(cmd: click.Command, name: str, parent: click.Context | None = None) -> str:

@@ -141,14 +141,14 @@ def ensure_image(recipe: Recipe, *, log=_say) -> str:
     """The tag NAME:HASH12 of an image for this recipe, built only if none exists yet.
 
     An image that carries the recipe's label under another name (the same recipe in a
-    repo with another image.name) is tagged instead of rebuilt. Builds of one recipe are
-    serialized with a lock file, so agents starting together build it once.
+    repo with another image.name) is tagged instead of rebuilt. Builds are serialized
+    with a lock file, so agents starting together build a recipe once.
     """
     digest = recipe_hash(recipe)
     tag = image_tag(recipe, digest)
     if _reuse(recipe, digest, tag):
         return tag
-    with _build_lock(digest):
+    with _build_lock():
         if _reuse(recipe, digest, tag):  # someone built it while we waited
             return tag
         started = time.monotonic()
@@ -177,9 +177,10 @@ def _tag_all(recipe: Recipe, image_id: str, digest: str) -> None:
 
 
 @contextlib.contextmanager
-def _build_lock(digest: str):
-    # A lock file per recipe in the temp dir; it stays (removing flock files races).
-    path = os.path.join(tempfile.gettempdir(), f"factory-image-{digest[:12]}.lock")
+def _build_lock():
+    # One lock for all builds on this host: builds are rare and two debootstraps at once
+    # only compete for the disk. One file, so nothing piles up in the temp dir.
+    path = os.path.join(tempfile.gettempdir(), "factory-image-build.lock")
     with open(path, "a") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
@@ -189,8 +190,8 @@ def _build_lock(digest: str):
 
 
 def build(recipe: Recipe, digest: str | None = None, *, log=_say) -> str:
-    """Build the recipe's image the way its `build` says; return the image id (untagged
-    by NAME:latest — ensure_image does the tagging)."""
+    """Build the recipe's image the way its `build` says, tagged NAME:HASH12; return its
+    id. ensure_image adds NAME:latest and is what callers want."""
     digest = digest or recipe_hash(recipe)
     if recipe.build == "offline":
         return build_offline(recipe, digest, log=log)
@@ -218,7 +219,7 @@ def _need_base(base: str) -> None:
         raise ImageError(f"cannot pull base image '{base}' ({e})") from e
 
 
-def generated_dockerfile(recipe: Recipe, digest: str) -> str:
+def generated_dockerfile(recipe: Recipe) -> str:
     pkgs = " ".join(all_packages(recipe))
     return f"""\
 FROM {recipe.base}
@@ -246,7 +247,7 @@ def build_registry(recipe: Recipe, digest: str, *, log=_say, base_checked: bool 
             _need_base(recipe.base)
         log(f"docker build FROM {recipe.base} with {', '.join(all_packages(recipe))}")
         return sandbox.build_image(tag=tag, labels=labels,
-                                   dockerfile_text=generated_dockerfile(recipe, digest), log=log)
+                                   dockerfile_text=generated_dockerfile(recipe), log=log)
     except sandbox.SandboxError as e:
         raise ImageError(f"docker build of '{tag}' failed: {e}") from e
 

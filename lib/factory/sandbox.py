@@ -12,6 +12,10 @@ created with auto_remove, so when the deadline passes the container exits and th
 removes it, even if factory died long before. `reap` removes earlier what a dead owner
 left behind (the label factory.owner_pid names the owner).
 
+Agents' commands run through `Sandbox.exec` (docker's exec API, never a shell on the
+host): under an in-container timeout, output merged and bounded. Files go in and out
+through exec too (base64), so they work alike on the tmpfs and the bind mount.
+
 The docker SDK is imported on first use, so tools that never touch Docker (and every
 --help) do not pay for it.
 """
@@ -25,6 +29,7 @@ import re
 import secrets
 import select
 import socket
+import stat
 import struct
 import time
 from dataclasses import dataclass, asdict
@@ -44,10 +49,32 @@ CHUNKS_PER_EXEC = 8          # ~768 KiB of argv per exec, well under ARG_MAX (2 
 READ_LIMIT = 64 << 20        # read_file refuses larger files
 # How every exec runs: under coreutils timeout, which puts the command in a process group
 # of its own and on timeout signals that whole group (TERM, KILL KILL_GRACE_S later).
-# When the command ends, whatever it left in the background is killed too (a `kill`
-# builtin, so it works even when a fork bomb has used up the pids limit): nothing outlives
-# its exec but what the command detached with `setsid`. $1 grace, $2 timeout, $3... argv.
-RUNNER = 'timeout -k "$1" "$2" "${@:3}" & p=$!; wait "$p" 2>/dev/null; rc=$?; kill -KILL -- "-$p" 2>/dev/null; exit "$rc"'
+# When the command ends, whatever it left behind in this exec's session is killed too:
+# first its process group, then, swept from /proc, every process of the session (a nested
+# `timeout` or any setpgid leaves the group, not the session). Only builtins run after
+# the command (read, kill, globbing), so the sweep works even when a fork bomb has used
+# up the pids limit, and it repeats until a pass finds nothing. Nothing outlives its exec
+# but what the command detached with `setsid`. $1 grace, $2 timeout, $3... argv.
+# MERGED sends stderr into stdout inside the container: docker carries the two streams
+# apart and their order across the two is lost on the way.
+_RUNNER = r"""timeout -k "$1" "$2" "${{@:3}}" {redirect}& p=$!
+wait "$p" 2>/dev/null; rc=$?
+kill -KILL -- "-$p" 2>/dev/null
+read -r l < /proc/$$/stat; l=${{l##*) }}; a=($l); sid=${{a[3]}}
+for _ in 1 2 3 4 5 6 7 8 9 10; do
+  found=
+  for d in /proc/[0-9]*; do
+    q=${{d#/proc/}}; [ "$q" = "$$" ] && continue
+    {{ read -r l < "$d/stat"; }} 2>/dev/null || continue
+    l=${{l##*) }}; a=($l)
+    [ "${{a[3]}}" = "$sid" ] && [ "${{a[0]}}" != Z ] && kill -KILL "$q" 2>/dev/null && found=1
+  done
+  [ -z "$found" ] && break
+done
+exit "$rc"
+"""
+RUNNER = _RUNNER.format(redirect="")
+MERGED_RUNNER = _RUNNER.format(redirect="2>&1 ")
 BASE_ENV = {
     "HOME": TMP,  # the root is read-only; git and most tools need a writable HOME
     "LANG": "C.UTF-8",
@@ -108,7 +135,7 @@ def _errors():
 @dataclass
 class ExecResult:
     exit_code: int | None  # the command's status; 124 or 137 when its timeout stopped it
-    output: str            # stdout and stderr merged in arrival order, maybe truncated
+    output: str            # stdout and stderr as written (2>&1 inside), maybe truncated
     timed_out: bool
     truncated: bool
     duration: float        # seconds, measured on the host
@@ -164,9 +191,13 @@ class HeadTail:
 # -- workspace -------------------------------------------------------------------------
 
 def prepare_workspace(path: str) -> str:
-    """Make a host directory the container's user can write: chown -R 1000:1000, never
-    following a symlink (a link the repo holds must not hand a host file to uid 1000).
-    Sandbox.start calls it; it is idempotent. Returns the absolute path."""
+    """Make a host directory the container's user can write: chown -R 1000:1000, with two
+    exceptions that keep host files the host's. A symlink is changed itself, never its
+    target. A file with more than one hard link is left alone: its inode is shared with
+    some other place (`git clone --local` hardlinks objects), so handing it over would
+    let the agent write into that place; the agent can still read it (as its mode
+    allows) and replace it in the workspace. Sandbox.start calls this; it is idempotent.
+    Returns the absolute path."""
     path = os.path.abspath(path)
     if not os.path.isdir(path):
         raise SandboxError(f"workspace '{path}' is not a directory")
@@ -176,7 +207,12 @@ def prepare_workspace(path: str) -> str:
         os.lchown(path, AGENT_UID, AGENT_UID)
         for top, dirs, files in os.walk(path):
             for name in dirs + files:
-                os.lchown(os.path.join(top, name), AGENT_UID, AGENT_UID)
+                full = os.path.join(top, name)
+                st = os.lstat(full)
+                if stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
+                    continue
+                if st.st_uid != AGENT_UID or st.st_gid != AGENT_UID:
+                    os.lchown(full, AGENT_UID, AGENT_UID)
     except PermissionError as e:
         raise SandboxError(f"cannot chown workspace '{path}' to {AGENT_USER} ({e.strerror}); "
                            "run as root, or give the directory to uid 1000 first") from e
@@ -307,14 +343,19 @@ class Sandbox:
 
     def exec(self, command: str, *, timeout: float, workdir: str = WORKSPACE,
              env: dict | None = None, max_output: int = 30000) -> ExecResult:
-        """Run `bash -c COMMAND` as 1000:1000 under `timeout -k 2 TIMEOUT` inside the
-        container (so a runaway is killed there even if the host stops waiting); stdout
-        and stderr merged; output longer than max_output bytes keeps its head and tail
-        around a marker line. timed_out is True when the timeout stopped the command
-        (exit_code 124, or 137 when it needed SIGKILL)."""
+        """Run `bash -c COMMAND` (not a login shell) as 1000:1000 in `workdir`, under
+        `timeout -k 2 TIMEOUT` inside the container, so a runaway is killed there even if
+        the host stops waiting (the host waits TIMEOUT + 12 s at most). When it ends, what
+        it left running in the background is killed (see RUNNER; `setsid` escapes that).
+        stdout and stderr are merged as written; output over max_output bytes keeps its
+        head and tail around a marker line saying how many bytes were cut. timed_out is
+        True when the timeout stopped the command: exit_code 124, or 137 when it needed
+        SIGKILL. 137 without timed_out is a kill, usually the OOM killer (see oom_kills);
+        125/126 means the command could not even start (e.g. the pids limit is full).
+        Raises SandboxGone when the container is gone or stops meanwhile."""
         sink = HeadTail(max_output)
         code, duration, host_gave_up = self._run(
-            ["bash", "-c", command], timeout=timeout, workdir=workdir, env=env,
+            ["bash", "-c", command], timeout=timeout, workdir=workdir, env=env, merge=True,
             on_output=lambda stream, data: sink.add(data))
         output, truncated = sink.result()
         if host_gave_up:
@@ -326,35 +367,54 @@ class Sandbox:
         return ExecResult(code, output, timed_out, truncated, duration)
 
     def _run(self, argv: list[str], *, timeout: float, workdir: str = WORKSPACE, env: dict | None = None,
-             on_output=None) -> tuple[int | None, float, bool]:
-        """(exit code, seconds, host gave up) of argv under the in-container timeout."""
+             merge: bool = False, on_output=None) -> tuple[int | None, float, bool]:
+        """(exit code, seconds, host gave up) of argv under the in-container timeout.
+        Raises SandboxGone when the container is gone or dies (its deadline) meanwhile."""
         if not timeout or timeout <= 0:
             raise ValueError(f"timeout is {timeout!r}; it must be more than 0 seconds")
         errors = _errors()
         api = self.docker.api
-        cmd = ["bash", "-c", RUNNER, "factory-exec", str(KILL_GRACE_S), f"{float(timeout):.3f}"] + argv
+        cmd = ["bash", "-c", MERGED_RUNNER if merge else RUNNER, "factory-exec",
+               str(KILL_GRACE_S), f"{float(timeout):.3f}"] + argv
         started = time.monotonic()
         try:
             exec_id = api.exec_create(self.id, cmd, stdout=True, stderr=True, stdin=False, tty=False,
                                       user=AGENT_USER, workdir=workdir,
                                       environment={str(k): str(v) for k, v in (env or {}).items()})["Id"]
             sock = api.exec_start(exec_id, socket=True)
-        except errors.NotFound as e:
-            raise SandboxGone(f"container {self.id[:12]} is gone") from e
+            try:
+                finished = _pump(sock, on_output or (lambda s, d: None),
+                                 deadline=started + timeout + KILL_GRACE_S + HOST_SLACK_S,
+                                 exited=lambda: _exec_exited(api, exec_id))
+            finally:
+                sock.close()
+            duration = time.monotonic() - started
+            code = _exec_exit_code(api, exec_id) if finished else None
         except errors.APIError as e:
-            if self.state().status != "running":
-                raise SandboxGone(f"container {self.id[:12]} is not running ({self.state().status})") from e
+            self._raise_if_gone(e)
             raise SandboxError(f"exec failed in {self.id[:12]}: {e.explanation or e}") from e
-        try:
-            finished = _pump(sock, on_output or (lambda s, d: None),
-                             deadline=started + timeout + KILL_GRACE_S + HOST_SLACK_S,
-                             exited=lambda: _exec_exited(api, exec_id))
-        finally:
-            sock.close()
-        duration = time.monotonic() - started
-        if not finished:
-            return None, duration, True
-        return _exec_exit_code(api, exec_id), duration, False
+        if code in (None, 137) and self._dying():
+            self._raise_if_gone(None, wait=True)
+        return code, duration, not finished
+
+    def _dying(self) -> bool:
+        # When the container stops, its execs end as if SIGKILLed (137) while docker may
+        # still say "running" for a moment; the deadline tells which it was.
+        deadline = self.labels.get("factory.deadline")
+        if deadline and deadline.isdigit():
+            return time.time() >= int(deadline)
+        return self.state().status != "running"
+
+    def _raise_if_gone(self, cause, wait: bool = False) -> None:
+        status = self.state().status
+        for _ in range(20 if wait else 0):
+            if status != "running":
+                break
+            time.sleep(0.05)
+            status = self.state().status
+        if status != "running" or wait:
+            raise SandboxGone(f"container {self.id[:12]} has stopped (now: {status}); it was removed "
+                              "or its deadline passed") from cause
 
     def oom_kills(self) -> int | None:
         """How many processes the kernel's OOM killer has killed in this container so
@@ -423,7 +483,11 @@ class Sandbox:
 # -- exec plumbing ---------------------------------------------------------------------
 
 def _exec_exited(api, exec_id) -> bool:
-    return not api.exec_inspect(exec_id).get("Running", True)
+    from docker.errors import NotFound
+    try:
+        return not api.exec_inspect(exec_id).get("Running", True)
+    except NotFound:  # the container went, and its execs with it
+        return True
 
 
 def _exec_exit_code(api, exec_id) -> int | None:

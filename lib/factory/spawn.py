@@ -102,7 +102,7 @@ def run_task(task: dict, repo: Repo, cfg: dict, *, log: Log, run_id: str | None 
            "status": "error", "reason": "", "model": model_name, "started": contracts.now_iso(),
            "ended": None, "ref": None, "base": None, "branch": None, "commit": None, "findings": [],
            "turns": 0, "usage": {}, "cost_usd": 0.0, "model_retries": 0, "container": None,
-           "record": runs.RUNS_PREFIX + run_id, "timings": {}}
+           "record": runs.RUNS_PREFIX + run_id, "oom_kills": None, "timings": {}}
     transcript: list = []
     ws = Workspace(run_id)
     sb = None
@@ -161,9 +161,10 @@ def run_task(task: dict, repo: Repo, cfg: dict, *, log: Log, run_id: str | None 
         run["status"], run["reason"] = "error", f"model: {e}"
     finally:
         if sb is not None:
-            state = sb.state()
-            if run["status"] == "failed" and state.oom_killed:
-                run["reason"] += " (the container ran out of memory)"
+            try:
+                run["oom_kills"] = sb.oom_kills() if sb.alive() else None  # processes the memory limit killed (exec OOMs
+            except sandbox.SandboxError:           # do not show in docker's OOMKilled)
+                pass
             sb.remove()
         ws.remove()
         run["ended"] = contracts.now_iso()
