@@ -58,7 +58,8 @@ def test_the_api_key_is_nowhere_in_the_container(repo, tmp_path, tool_env):
                              capture_output=True, text=True).stdout.split()
         inspected.append(subprocess.run(["docker", "inspect", *ids], capture_output=True, text=True).stdout)
         return bash("cat /proc/1/environ /proc/self/environ | tr '\\0' '\\n'; "
-                    "grep -rls 'sk-ant' /workspace /tmp /etc /proc/1 2>/dev/null | head; echo searched")
+                    "grep -rls 'sk-ant' /workspace /tmp /etc 2>/dev/null | head; "
+                    "grep -ls 'sk-ant' /proc/[0-9]*/environ /proc/[0-9]*/cmdline 2>/dev/null; echo searched")
 
     script = [bash("env"), inspect_then_look, text("done")]
     issue, code, run, api, err = run_script(repo, tmp_path, tool_env, script)

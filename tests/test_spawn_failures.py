@@ -1,0 +1,172 @@
+"""Every way a run can end badly ends with the right status, a recorded run, the issue
+settled, and no container or workspace left behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+from conftest import BIN
+from modelserver import ScriptedModel, delay, drop, error, text, tool_use
+from spawnkit import containers_of_run, file_issue, git, record_file, sample_repo, spawn, spawn_env
+
+pytestmark = pytest.mark.docker
+
+
+@pytest.fixture
+def repo(tmp_path):
+    return sample_repo(tmp_path / "calc")
+
+
+def bash(cmd):
+    return tool_use("bash", {"command": cmd})
+
+
+CHANGE = tool_use("str_replace_based_edit_tool", {"command": "create", "path": "/workspace/repo/x.txt", "file_text": "x"})
+
+
+def issue_of(repo, env, issue_id):
+    p = subprocess.run(["factory-issue", "show", issue_id, "--no-history"], cwd=repo, env=env,
+                       capture_output=True, text=True)
+    return json.loads(p.stdout)
+
+
+def run_with(repo, tmp_path, tool_env, script, budgets=None):
+    issue = file_issue(repo, tool_env)
+    task = {"kind": "worker", "issue": issue, "budgets": budgets or {}}
+    with ScriptedModel(script) as api:
+        code, run, err = spawn(repo, spawn_env(tool_env, api, tmp_path / "runs"), task)
+    assert run is not None, err
+    assert containers_of_run(run["run"]) == [] and os.listdir(tmp_path / "runs") == []
+    recorded = json.loads(record_file(repo, run["run"], "run.json"))
+    assert recorded["status"] == run["status"]
+    return issue, code, run, api
+
+
+def assert_requeued(repo, tool_env, issue, run, attempts=1):
+    now = issue_of(repo, tool_env, issue["id"])
+    assert now["state"] == "open" and now["attempts"] == attempts and now["claimed_by"] is None
+    assert run["run"] in now["runs"]
+    assert any(run["status"] in c["text"] for c in now["comments"])
+
+
+def test_rate_limits_overload_and_a_dropped_connection_are_retried(repo, tmp_path, tool_env):
+    script = [error(429, retry_after=0), error(529, retry_after=0), drop(), CHANGE, text("done")]
+    issue, code, run, api = run_with(repo, tmp_path, tool_env, script)
+    assert code == 0 and run["status"] == "ok" and run["model_retries"] == 3
+
+
+def test_persistent_overload_ends_as_error(repo, tmp_path, tool_env):
+    issue, code, run, api = run_with(repo, tmp_path, tool_env, [error(529, retry_after=0)] * 10)
+    assert code == 5 and run["status"] == "error" and "overloaded" in run["reason"]
+    assert_requeued(repo, tool_env, issue, run)
+
+
+def test_turn_budget(repo, tmp_path, tool_env):
+    script = [bash(f"echo {n}") for n in range(5)]
+    issue, code, run, api = run_with(repo, tmp_path, tool_env, script, budgets={"turns": 2})
+    assert code == 4 and run["status"] == "budget" and "turn budget of 2" in run["reason"]
+    assert run["turns"] == 2 and len(api.requests) == 2
+    assert_requeued(repo, tool_env, issue, run)
+
+
+def test_token_and_cost_budgets(repo, tmp_path, tool_env):
+    issue, code, run, api = run_with(repo, tmp_path, tool_env, [bash("echo 1"), bash("echo 2")],
+                                     budgets={"tokens": 10})
+    assert code == 4 and "token budget" in run["reason"] and run["turns"] == 1
+    issue, code, run, api = run_with(repo, tmp_path, tool_env, [bash("echo 1"), bash("echo 2")],
+                                     budgets={"cost_usd": 0.000001})
+    assert code == 4 and "cost budget" in run["reason"]
+
+
+def test_wall_time_ends_as_timeout_never_a_hang(repo, tmp_path, tool_env):
+    t = time.monotonic()
+    issue, code, run, api = run_with(repo, tmp_path, tool_env, [bash("sleep 60"), bash("true")],
+                                     budgets={"wall_seconds": 4})
+    assert code == 3 and run["status"] == "timeout"
+    assert time.monotonic() - t < 40
+
+
+def test_a_stuck_agent_is_stopped(repo, tmp_path, tool_env):
+    issue, code, run, api = run_with(repo, tmp_path, tool_env, [bash("cat calc.py")] * 10)
+    assert code == 6 and run["status"] == "stuck" and run["turns"] == 3
+
+
+def test_a_container_killed_from_outside_ends_as_failed(repo, tmp_path, tool_env):
+    def kill_then_call(body):
+        ids = subprocess.run(["docker", "ps", "-q", "--filter", "label=factory.kind=worker"],
+                             capture_output=True, text=True).stdout.split()
+        subprocess.run(["docker", "kill", *ids], capture_output=True)
+        return bash("echo are you there")
+
+    issue, code, run, api = run_with(repo, tmp_path, tool_env, [bash("true"), kill_then_call, text("done")])
+    assert code == 1 and run["status"] == "failed" and "container is gone" in run["reason"]
+    assert_requeued(repo, tool_env, issue, run)
+
+
+def test_past_the_attempt_limit_the_issue_is_failed(repo, tmp_path, tool_env):
+    (repo / "factory.yaml").write_text("budgets:\n  attempts: 1\n")
+    git(repo, "add", "factory.yaml")
+    git(repo, "commit", "-qm", "one attempt")
+    issue, code, run, api = run_with(repo, tmp_path, tool_env, [text("I will not do anything")])
+    assert code == 1 and run["status"] == "failed"
+    assert issue_of(repo, tool_env, issue["id"])["state"] == "failed"
+
+
+def start_spawn(repo, env, task):
+    p = subprocess.Popen([os.path.join(BIN, "factory-spawn")], cwd=repo, env=env, stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p.stdin.write(json.dumps(task) + "\n")
+    p.stdin.close()
+    p.stdin = None  # so communicate() does not touch it again
+    return p
+
+
+def wait_for_container(issue_id, timeout=60):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        ids = subprocess.run(["docker", "ps", "-q", "--filter", f"label=factory.issue={issue_id}"],
+                             capture_output=True, text=True).stdout.split()
+        if ids:
+            return ids
+        time.sleep(0.2)
+    raise AssertionError("no container appeared")
+
+
+def test_sigterm_cleans_up_records_and_requeues_without_counting(repo, tmp_path, tool_env):
+    issue = file_issue(repo, tool_env)
+    with ScriptedModel([bash("true"), delay(60, text("too late"))]) as api:
+        p = start_spawn(repo, spawn_env(tool_env, api, tmp_path / "runs"), issue)
+        wait_for_container(issue["id"])
+        while len(api.requests) < 2:
+            time.sleep(0.1)
+        p.send_signal(signal.SIGTERM)
+        out, err = p.communicate(timeout=60)
+    run = json.loads(out)
+    assert p.returncode == 5 and run["reason"] == "interrupted by a signal", err
+    assert containers_of_run(run["run"]) == [] and os.listdir(tmp_path / "runs") == []
+    now = issue_of(repo, tool_env, issue["id"])
+    assert now["state"] == "open" and now["attempts"] == 0
+
+
+def test_kill_9_of_spawn_leaves_nothing_the_next_spawn_does_not_remove(repo, tmp_path, tool_env):
+    first, second = file_issue(repo, tool_env, title="first"), file_issue(repo, tool_env, title="second")
+    with ScriptedModel([delay(60, text("never seen")), CHANGE, text("done")]) as api:
+        env = spawn_env(tool_env, api, tmp_path / "runs")
+        p = start_spawn(repo, env, first)
+        orphans = wait_for_container(first["id"])
+        while not api.requests:
+            time.sleep(0.1)
+        p.kill()
+        p.wait()
+        assert len(os.listdir(tmp_path / "runs")) == 1, "the killed spawn left its workspace"
+        code, run, err = spawn(repo, env, second)
+    assert code == 0, err
+    left = subprocess.run(["docker", "ps", "-aq", "--filter", f"label=factory.issue={first['id']}"],
+                          capture_output=True, text=True).stdout.split()
+    assert left == [], f"orphan {orphans} was not reaped"
+    assert os.listdir(tmp_path / "runs") == []
