@@ -10,10 +10,10 @@ import sys
 
 import click
 
-from .cli import CONTEXT_SETTINGS, EXIT_NO, BadInput, emit, repo_option, run_main, say
+from .cli import CONTEXT_SETTINGS, EXIT_NO, BadInput, Failed, emit, repo_option, run_main, say
 
 TOOL = "factory"
-BUILTINS = ("init", "status")
+BUILTINS = ("init", "status", "image")
 
 
 def tool_path(verb: str) -> str | None:
@@ -162,6 +162,71 @@ def status(as_json):
     else:
         _print_status(report)
     return 0 if healthy else EXIT_NO
+
+
+@cli.group(context_settings=CONTEXT_SETTINGS, epilog="""
+\b
+Exit codes: those of the verb (see factory image build --help); 2 for an unknown verb.
+
+\b
+Examples:
+  factory image build
+  factory image build --json | jq -r .image
+""")
+def image():
+    """The image agents run in."""
+
+
+@image.command("build", context_settings=CONTEXT_SETTINGS, epilog="""
+\b
+The recipe comes from factory.yaml's image section: its dockerfile if set, else the
+repository's .devcontainer/devcontainer.json (build.dockerfile, or image as the base)
+where it has one, else the base plus packages. Where a registry answers, the image is a
+docker build; where none does (build: auto), the base is made offline with debootstrap
+and docker import. The image is labelled factory.recipe=<hash> and tagged NAME:<hash12>
+and NAME:latest; it is built again only when the recipe changes (or with --rebuild).
+It holds bash, git and the toolchain, never an API key: the model loop runs on the host.
+
+\b
+Exit codes:
+  0  the image exists (built now or before)
+  1  the build failed, or no Docker engine answers
+  2  bad input: an invalid factory.yaml or .devcontainer/devcontainer.json
+
+\b
+Examples:
+  factory image build
+  factory image build --rebuild --json
+""")
+@click.option("--rebuild", is_flag=True, help="Build even if an image for this recipe exists.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
+@repo_option
+def image_build(rebuild, as_json):
+    """Build the agent image for this repository (only when its recipe changed)."""
+    import time
+    from . import config, images, sandbox
+    repo = _repo()
+    top = repo.work_tree() or repo.git_dir
+    try:
+        recipe = images.recipe_from_config(config.load(top), top)
+        digest = images.recipe_hash(recipe)
+    except config.ConfigError as e:
+        raise BadInput(TOOL, f"{e}\n(fix factory.yaml)")
+    except images.ImageError as e:
+        raise BadInput(TOOL, str(e))
+    started = time.monotonic()
+    log = lambda msg: say(TOOL, msg)  # noqa: E731
+    try:
+        existed = sandbox.image_info(images.image_tag(recipe, digest)) is not None
+        tag = images.rebuild(recipe, log=log) if rebuild else images.ensure_image(recipe, log=log)
+    except (images.ImageError, sandbox.EngineUnavailable, sandbox.SandboxError) as e:
+        raise Failed(TOOL, f"image build failed: {e}")
+    result = {"image": tag, "recipe": digest, "source": recipe.source, "built": rebuild or not existed,
+              "seconds": round(time.monotonic() - started, 2)}
+    if as_json:
+        emit(result)
+    else:
+        say(TOOL, f"{tag} ({'built' if result['built'] else 'up to date'}, recipe from {recipe.source})")
 
 
 def _print_status(r: dict) -> None:

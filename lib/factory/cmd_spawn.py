@@ -69,6 +69,11 @@ def cli(task_file, pretty, quiet):
     if not os.environ.get("ANTHROPIC_API_KEY"):
         raise BadInput(TOOL, "ANTHROPIC_API_KEY is not set; the agent loop needs it (it stays on this host)")
 
+    from .spawn import ModelWarmup, model_name_for
+    # The SDK import is the longest step before the first request: start it first.
+    warm = ModelWarmup(model_name_for(task, None), 8192)
+    warm.start()
+
     from . import config
     from .gitstore import GitError, Repo
     from .issues import NoSuchIssue
@@ -84,7 +89,7 @@ def cli(task_file, pretty, quiet):
     from .spawn import EXIT_NOT_RUN, STATUS_EXIT, Log, NotRun, run_task
     _signals_interrupt()
     try:
-        run = run_task(task, repo, cfg, log=Log(echo=not quiet))
+        run = run_task(task, repo, cfg, log=Log(echo=not quiet), warm=warm)
     except NotRun as e:
         raise Failed(TOOL, f"not run: {e}", code=EXIT_NOT_RUN)
     except NoSuchIssue as e:

@@ -63,16 +63,75 @@ class Recipe:
     dockerfile: str | None = None   # relative to repo
     build: str = "auto"             # auto | registry | offline
     repo: str | None = None         # the repository the dockerfile lives in
+    context: str | None = None      # the build context, relative to repo (default: repo)
+    source: str = "config"          # where the recipe came from: config or devcontainer
 
 
 def recipe_from_config(config: dict, repo: str | None = None) -> Recipe:
-    """The recipe for a loaded config (config.load's result) of the repository at `repo`."""
+    """The recipe for a loaded config (config.load's result) of the repository at `repo`.
+    factory.yaml's image.dockerfile wins; else the repo's .devcontainer/ definition where
+    it has one; else the base plus packages."""
     img = config["image"]
-    recipe = Recipe(name=img["name"], base=img["base"], packages=tuple(img["packages"]),
-                    dockerfile=img.get("dockerfile"), build=img.get("build", "auto"),
-                    repo=os.path.abspath(repo) if repo else None)
+    fields = dict(name=img["name"], base=img["base"], packages=tuple(img["packages"]),
+                  dockerfile=img.get("dockerfile"), build=img.get("build", "auto"),
+                  repo=os.path.abspath(repo) if repo else None)
+    if not fields["dockerfile"] and repo:
+        fields.update(devcontainer_fields(repo))
+    recipe = Recipe(**fields)
     check_recipe(recipe)
     return recipe
+
+
+DEVCONTAINER = os.path.join(".devcontainer", "devcontainer.json")
+
+
+def devcontainer_fields(repo: str) -> dict:
+    """What a .devcontainer/devcontainer.json says about the image: its build.dockerfile
+    (with build.context, both relative to .devcontainer/) or its image, used as the base."""
+    path = os.path.join(repo, DEVCONTAINER)
+    try:
+        with open(path, encoding="utf-8") as f:
+            spec = parse_jsonc(f.read())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as e:
+        raise ImageError(f"{DEVCONTAINER}: cannot read it ({e}); fix it or set image.dockerfile") from e
+    if not isinstance(spec, dict):
+        raise ImageError(f"{DEVCONTAINER}: must be a JSON object")
+    build = spec.get("build") if isinstance(spec.get("build"), dict) else {}
+    dockerfile = build.get("dockerfile") or spec.get("dockerFile")
+    if dockerfile:
+        folder = os.path.dirname(DEVCONTAINER)
+        context = os.path.normpath(os.path.join(folder, build.get("context") or spec.get("context") or "."))
+        df = os.path.normpath(os.path.join(folder, dockerfile))
+        if context.startswith("..") or df.startswith(".."):
+            raise ImageError(f"{DEVCONTAINER}: the build reaches outside the repository")
+        return {"dockerfile": df, "context": context, "source": "devcontainer"}
+    if isinstance(spec.get("image"), str):
+        return {"base": spec["image"], "source": "devcontainer"}
+    return {}
+
+
+def parse_jsonc(text: str):
+    """JSON with comments and trailing commas, as devcontainer.json is written."""
+    out, i, n = [], 0, len(text)
+    while i < n:
+        c = text[i]
+        if c == '"':
+            j = i + 1
+            while j < n and text[j] != '"':
+                j += 2 if text[j] == "\\" else 1
+            out.append(text[i:j + 1])
+            i = j + 1
+        elif text.startswith("//", i):
+            i = text.find("\n", i) if "\n" in text[i:] else n
+        elif text.startswith("/*", i):
+            end = text.find("*/", i + 2)
+            i = n if end == -1 else end + 2
+        else:
+            out.append(c)
+            i += 1
+    return json.loads(re.sub(r",(\s*[}\]])", r"\1", "".join(out)))
 
 
 def check_recipe(recipe: Recipe) -> None:
@@ -114,6 +173,8 @@ def recipe_hash(recipe: Recipe) -> str:
         # Only the Dockerfile's own text: files it COPYs from the repo are not hashed.
         "dockerfile": hashlib.sha256(_dockerfile_bytes(recipe)).hexdigest() if recipe.dockerfile else None,
     }
+    if recipe.context:  # a devcontainer build: where it builds from decides it too
+        doc["dockerfile_path"] = [recipe.dockerfile, recipe.context]
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
 
@@ -156,6 +217,18 @@ def ensure_image(recipe: Recipe, *, log=_say) -> str:
         _tag_all(recipe, image_id, digest)
         log(f"built {tag} ({image_id[:19]}) in {time.monotonic() - started:.0f} s")
     return tag
+
+
+def rebuild(recipe: Recipe, *, log=_say) -> str:
+    """Build the recipe's image even though one exists (say the base image or the Debian
+    mirror moved on); returns its tag, as ensure_image does."""
+    digest = recipe_hash(recipe)
+    with _build_lock():
+        started = time.monotonic()
+        image_id = build(recipe, digest, log=log)
+        _tag_all(recipe, image_id, digest)
+        log(f"built {image_tag(recipe, digest)} ({image_id[:19]}) in {time.monotonic() - started:.0f} s")
+    return image_tag(recipe, digest)
 
 
 def _reuse(recipe: Recipe, digest: str, tag: str) -> bool:
@@ -241,8 +314,9 @@ def build_registry(recipe: Recipe, digest: str, *, log=_say, base_checked: bool 
     try:
         if recipe.dockerfile:
             log(f"docker build of {_dockerfile_path(recipe)}")
-            return sandbox.build_image(tag=tag, labels=labels, context=recipe.repo,
-                                       dockerfile=recipe.dockerfile, log=log)
+            context = os.path.join(recipe.repo, recipe.context or "")
+            return sandbox.build_image(tag=tag, labels=labels, context=context,
+                                       dockerfile=os.path.relpath(_dockerfile_path(recipe), context), log=log)
         if not base_checked:
             _need_base(recipe.base)
         log(f"docker build FROM {recipe.base} with {', '.join(all_packages(recipe))}")

@@ -77,20 +77,27 @@ def default_ref(repo: Repo) -> str:
     return head or "HEAD"
 
 
-def run_task(task: dict, repo: Repo, cfg: dict, *, log: Log, run_id: str | None = None) -> dict:
-    """Run one task to its end; return the run JSON (already recorded in git)."""
+def model_name_for(task: dict, cfg: dict | None) -> str:
+    return (task.get("model") or os.environ.get("FACTORY_MODEL")
+            or (cfg or {}).get("model", {}).get("name") or "claude-sonnet-4-5")
+
+
+def run_task(task: dict, repo: Repo, cfg: dict, *, log: Log, run_id: str | None = None,
+             warm: ModelWarmup | None = None) -> dict:
+    """Run one task to its end; return the run JSON (already recorded in git). `warm`:
+    a ModelWarmup the caller started as early as it could."""
     from . import images, sandbox
     from .agent import Agent, Budgets
     from .workspace import Workspace, WorkspaceError
-    from . import workspace as workspaces
 
     run_id = run_id or runs.new_run_id()
     t0 = time.monotonic()
     kind = task["kind"]
     budgets_cfg = {**cfg["budgets"], **task.get("budgets", {})}
-    model_name = task.get("model") or os.environ.get("FACTORY_MODEL") or cfg["model"]["name"]
-    warm = ModelWarmup(model_name, cfg["model"]["max_tokens"])
-    warm.start()
+    model_name = model_name_for(task, cfg)
+    if warm is None:
+        warm = ModelWarmup(model_name, cfg["model"]["max_tokens"])
+        warm.start()
 
     store = IssueStore(repo)
     issue = task.get("issue")
@@ -107,11 +114,9 @@ def run_task(task: dict, repo: Repo, cfg: dict, *, log: Log, run_id: str | None 
     ws = Workspace(run_id)
     sb = None
     work_commit = None
+    reaper = threading.Thread(target=_reap_orphans, args=(log,), daemon=True)
+    reaper.start()  # leftovers of killed spawns: not on the way to the first model request
     try:
-        removed = sandbox.reap()
-        if removed:
-            log(f"removed {len(removed)} container(s) whose spawn was gone")
-        workspaces.reap()
         ref = task.get("ref") or (issue or {}).get("target") or default_ref(repo)
         run["ref"] = ref
         branch = branch_for(issue["id"]) if issue else f"factory/run-{run_id}"
@@ -132,6 +137,7 @@ def run_task(task: dict, repo: Repo, cfg: dict, *, log: Log, run_id: str | None 
         layer = intent.layer_text(repo.read_tree(base, intent.INTENT_DIR + "/"))
         system = intent.system_prompt(roles.instructions(kind), layer)
         model = warm.get()
+        model.name, model.max_tokens = model_name, cfg["model"]["max_tokens"]  # known only now
         agent = Agent(model, sb, kind=kind, system=system, log=log,
                       budgets=Budgets(turns=budgets_cfg["turns"], tokens=budgets_cfg["tokens"],
                                       cost_usd=budgets_cfg["cost_usd"], wall_seconds=wall))
@@ -160,21 +166,43 @@ def run_task(task: dict, repo: Repo, cfg: dict, *, log: Log, run_id: str | None 
             raise
         run["status"], run["reason"] = "error", f"model: {e}"
     finally:
-        if sb is not None:
+        if sb is not None and run["status"] != "ok":
             try:
-                run["oom_kills"] = sb.oom_kills() if sb.alive() else None  # processes the memory limit killed (exec OOMs
-            except sandbox.SandboxError:           # do not show in docker's OOMKilled)
+                run["oom_kills"] = sb.oom_kills() if sb.alive() else None  # exec OOMs do not show
+            except sandbox.SandboxError:                                   # in docker's OOMKilled
                 pass
-            sb.remove()
-        ws.remove()
-        run["ended"] = contracts.now_iso()
-        run["timings"]["total_s"] = round(time.monotonic() - t0, 3)
-        redactor = Redactor()
-        run = redactor.clean(run)
-        _record(repo, run, transcript, log, redactor, work_commit)
-        if issue is not None and kind == "worker":
-            _settle_issue(store, issue, run, cfg["budgets"]["attempts"], actor)
+        reaper.join()
+        # Removing the container waits until it is gone; record the run meanwhile.
+        cleanup = threading.Thread(target=_clean_up, args=(sb, ws))
+        cleanup.start()
+        try:
+            run["ended"] = contracts.now_iso()
+            redactor = Redactor()
+            run = redactor.clean(run)
+            _record(repo, run, transcript, log, redactor, work_commit)
+            if issue is not None and kind == "worker":
+                _settle_issue(store, issue, run, cfg["budgets"]["attempts"], actor)
+        finally:
+            cleanup.join()
+            run["timings"]["total_s"] = round(time.monotonic() - t0, 3)
     return run
+
+
+def _reap_orphans(log) -> None:
+    from . import sandbox, workspace
+    try:
+        removed = sandbox.reap()
+        if removed:
+            log(f"removed {len(removed)} container(s) whose spawn was gone")
+        workspace.reap()
+    except Exception as e:  # reaping is housekeeping: it must never fail a run
+        log(f"could not reap leftovers: {e}")
+
+
+def _clean_up(sb, ws) -> None:
+    if sb is not None:
+        sb.remove()
+    ws.remove()
 
 
 def _claim(store: IssueStore, issue: dict, actor: str) -> dict:
