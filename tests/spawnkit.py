@@ -19,6 +19,12 @@ TEST_CALC = ("import unittest\nfrom calc import add\n\n\nclass T(unittest.TestCa
              "if __name__ == '__main__':\n    unittest.main()\n")
 
 
+def bash(cmd):
+    """A scripted model step: one bash tool call."""
+    from modelserver import tool_use
+    return tool_use("bash", {"command": cmd})
+
+
 def git(repo, *args, check=True):
     env = dict(os.environ, GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t",
                GIT_COMMITTER_EMAIL="t@t")

@@ -12,7 +12,7 @@ import time
 import pytest
 from conftest import BIN
 from modelserver import ScriptedModel, delay, drop, error, text, tool_use
-from spawnkit import containers_of_run, file_issue, git, record_file, sample_repo, spawn, spawn_env
+from spawnkit import bash, containers_of_run, file_issue, git, record_file, sample_repo, spawn, spawn_env
 
 pytestmark = pytest.mark.docker
 
@@ -20,10 +20,6 @@ pytestmark = pytest.mark.docker
 @pytest.fixture
 def repo(tmp_path):
     return sample_repo(tmp_path / "calc")
-
-
-def bash(cmd):
-    return tool_use("bash", {"command": cmd})
 
 
 CHANGE = tool_use("str_replace_based_edit_tool", {"command": "create", "path": "/workspace/repo/x.txt", "file_text": "x"})

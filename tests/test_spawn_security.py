@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 from modelserver import ScriptedModel, text, tool_use
-from spawnkit import (CANARY_KEY, containers_of_run, everything_recorded, file_issue, git, sample_repo, spawn,
+from spawnkit import (CANARY_KEY, bash, containers_of_run, everything_recorded, file_issue, git, sample_repo, spawn,
                       spawn_env, tool_results)
 
 pytestmark = pytest.mark.docker
@@ -17,10 +17,6 @@ pytestmark = pytest.mark.docker
 @pytest.fixture
 def repo(tmp_path):
     return sample_repo(tmp_path / "calc")
-
-
-def bash(cmd):
-    return tool_use("bash", {"command": cmd})
 
 
 def run_script(repo, tmp_path, tool_env, script, **issue_extra):

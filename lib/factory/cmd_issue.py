@@ -255,7 +255,7 @@ def show_cmd(ids, no_history, pretty):
         emit(_ordered(issue), pretty=pretty)
 
 
-@cli.command("next", context_settings=CONTEXT_SETTINGS, epilog=f"""
+@cli.command("next", context_settings=CONTEXT_SETTINGS, epilog="""
 \b
 Ready means: open, every issue in depends_on done or closed, and not_before passed.
 Most urgent first (priority 0 before 4), oldest first among equals. With --claim, the
