@@ -96,3 +96,32 @@ def test_system_prompt_is_the_intent_layer_and_is_cached_across_turns_and_agents
     # the first request writes the prefix; the second agent's first request reads it
     assert api.usages[0]["cache_creation_input_tokens"] > 0 and api.usages[0]["cache_read_input_tokens"] == 0
     assert api.usages[3]["cache_read_input_tokens"] > 0, api.usages
+
+
+def test_a_sensor_reports_findings_and_changes_nothing(repo, tmp_path, tool_env):
+    finding = {"title": "add() subtracts", "body": "calc.add(2, 3) == -1", "severity": "high",
+               "fingerprint": "calc.py:add:subtracts"}
+    script = [tool_use("bash", {"command": "python3 -c 'import calc; print(calc.add(2, 3))'"}),
+              tool_use("report_finding", finding), text("One finding.")]
+    task = {"kind": "sensor", "sensor": {"name": "spec", "prompt": "Check calc.py against its tests."}}
+    refs_before = git(repo, "for-each-ref", "--format=%(refname)", "refs/heads")
+    with ScriptedModel(script) as api:
+        code, run, err = spawn(repo, spawn_env(tool_env, api, tmp_path / "runs"), task)
+    assert code == 0, err
+    assert run["status"] == "ok" and run["findings"] == [finding] and run["issue"] is None
+    assert [t["name"] for t in api.requests[0]["tools"]][-1] == "report_finding"
+    assert "Check calc.py against its tests." in json.dumps(api.requests[0]["messages"][0])
+    assert git(repo, "for-each-ref", "--format=%(refname)", "refs/heads") == refs_before
+    assert json.loads(record_file(repo, run["run"], "run.json"))["findings"] == [finding]
+
+
+def test_an_adversary_finding_needs_a_reproduction(repo, tmp_path, tool_env):
+    bare = {"title": "t", "body": "b", "severity": "low", "fingerprint": "f"}
+    script = [tool_use("report_finding", bare),
+              tool_use("report_finding", {**bare, "reproduction": "python3 test_calc.py"}), text("done")]
+    task = {"kind": "adversary", "target": "main", "adversary": {"name": "fuzz", "prompt": "Break calc."}}
+    with ScriptedModel(script) as api:
+        code, run, err = spawn(repo, spawn_env(tool_env, api, tmp_path / "runs"), task)
+    assert code == 0, err
+    assert run["findings"] == [{**bare, "reproduction": "python3 test_calc.py"}]
+    assert "needs a `reproduction`" in tool_results(api)[0]

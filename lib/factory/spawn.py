@@ -30,11 +30,13 @@ class NotRun(Exception):
 
 @dataclass
 class Log:
-    """Messages for stderr and for the record's log tail."""
+    """Messages for stderr and for the record's log tail, redacted on the way in."""
     lines: list = field(default_factory=list)
     echo: bool = True
+    redactor: Redactor = field(default_factory=Redactor)
 
     def __call__(self, msg: str) -> None:
+        msg = self.redactor.text(msg)
         line = f"{time.strftime('%H:%M:%S')} {msg}"
         self.lines.append(line)
         if self.echo:
@@ -160,11 +162,14 @@ def run_task(task: dict, repo: Repo, cfg: dict, *, log: Log, run_id: str | None 
         run["status"], run["reason"] = "error", "interrupted by a signal"
     except (sandbox.SandboxError, sandbox.EngineUnavailable, images.ImageError, WorkspaceError, GitError) as e:
         run["status"], run["reason"] = "error", str(e)
-    except Exception as e:  # the model seam raises its own errors before the loop starts
+    except Exception as e:
         from .model import ModelError
-        if not isinstance(e, ModelError):
-            raise
-        run["status"], run["reason"] = "error", f"model: {e}"
+        if isinstance(e, ModelError):  # raised before the loop, e.g. while building the client
+            run["status"], run["reason"] = "error", f"model: {e}"
+        else:  # a bug: still a recorded run with its cause, never a lost one
+            import traceback
+            log("internal error:\n" + traceback.format_exc())
+            run["status"], run["reason"] = "error", f"internal error: {type(e).__name__}: {e}"
     finally:
         if sb is not None and run["status"] != "ok":
             try:
