@@ -63,3 +63,21 @@ def test_factory_runs_factory_verb_and_passes_its_exit_code(git_repo, tool_env):
     assert r.returncode == 2
     r = run_tool(["factory", "no-such-verb"], cwd=git_repo, env=tool_env)
     assert r.returncode == 127 and "not a factory command" in r.stderr
+
+
+@pytest.mark.parametrize("stdin", ["not json", '{"kind": "worker"}', '{"kind": "worker", "issue": {"id": "abc"}}',
+                                   '{"title": "x", "id": "0123456789ab"}'])
+def test_refused_spawn_input_never_loads_the_sdks(stdin, tmp_path):
+    """Bad input (the last: a good task outside a repository) is answered before anything
+    heavy is imported or any engine is asked."""
+    import subprocess
+    import sys
+    code = (f"import sys, io; sys.path.insert(0, {os.path.join(ROOT, 'lib')!r});"
+            f"sys.stdin = io.TextIOWrapper(io.BytesIO({stdin.encode()!r}));"
+            "sys.stdin.isatty = lambda: False;"
+            "from factory import cmd_spawn; sys.argv = ['factory-spawn'];"
+            "rc = cmd_spawn.main();"
+            "print(rc, sorted({m.split('.')[0] for m in sys.modules} & {'anthropic', 'docker'}))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
+                       env=dict(os.environ, ANTHROPIC_API_KEY="sk-ant-test-x"))
+    assert r.stdout.strip().splitlines()[-1] == "2 []", r.stdout + r.stderr

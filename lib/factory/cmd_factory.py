@@ -29,6 +29,7 @@ def tool_path(verb: str) -> str | None:
 # The tools this package installs; any other factory-VERB on PATH runs the same way.
 TOOLS = {
     "issue": "the git-native issue store (factory-issue)",
+    "slot": "hold a slot of a kind while a command runs (factory-slot)",
     "spawn": "one agent in one hardened container (factory-spawn)",
 }
 

@@ -69,11 +69,6 @@ def cli(task_file, pretty, quiet):
     if not os.environ.get("ANTHROPIC_API_KEY"):
         raise BadInput(TOOL, "ANTHROPIC_API_KEY is not set; the agent loop needs it (it stays on this host)")
 
-    from .spawn import ModelWarmup, model_name_for
-    # The SDK import is the longest step before the first request: start it first.
-    warm = ModelWarmup(model_name_for(task, None), 8192)
-    warm.start()
-
     from . import config
     from .gitstore import GitError, Repo
     from .issues import NoSuchIssue
@@ -86,7 +81,11 @@ def cli(task_file, pretty, quiet):
     except config.ConfigError as e:
         raise BadInput(TOOL, f"{e}\n(fix factory.yaml; nothing was done)")
 
-    from .spawn import EXIT_NOT_RUN, STATUS_EXIT, Log, NotRun, run_task
+    from .spawn import EXIT_NOT_RUN, STATUS_EXIT, Log, ModelWarmup, NotRun, model_name_for, run_task
+    # Everything that can refuse has been checked. The SDK import is the longest step
+    # before the first model request: start it now, beside the rest of the set-up.
+    warm = ModelWarmup(model_name_for(task, cfg), cfg["model"]["max_tokens"])
+    warm.start()
     _signals_interrupt()
     try:
         run = run_task(task, repo, cfg, log=Log(echo=not quiet), warm=warm)
