@@ -229,7 +229,7 @@ git -c core.hooksPath=/dev/null add -A
 if ! git diff --cached --quiet; then
   git -c core.hooksPath=/dev/null commit -q --no-verify -m "factory: work left uncommitted by run {run}"
 fi
-rm -f {bundle}
+rm -rf /workspace/out && mkdir /workspace/out   # whatever the agent made of out/, start clean
 if [ "$(git rev-parse HEAD)" != "{base}" ]; then
   git bundle create -q {bundle} {base}..HEAD
 fi

@@ -49,15 +49,24 @@ class Workspace:
 
     def take_bundle(self) -> str | None:
         """Copy ws/out/result.bundle to a host-only path; None when the agent left none.
-        Opened without following links and only if it is a regular file, so an agent
-        cannot point the host at a file or a repository of its choosing."""
-        src = os.path.join(self.out, "result.bundle")
+        The agent owns ws/out and could swap it, or the file, for a link to a host path:
+        both are opened without following links (the file relative to the directory's
+        fd), and only a regular file is taken."""
+        nofollow = os.O_RDONLY | os.O_NOFOLLOW
         try:
-            fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+            dir_fd = os.open(self.out, nofollow | os.O_DIRECTORY)
         except FileNotFoundError:
             return None
         except OSError as e:
-            raise WorkspaceError(f"the agent's bundle cannot be read safely: {e}") from e
+            raise WorkspaceError(f"the agent's out/ directory cannot be read safely: {e.strerror}") from e
+        try:
+            fd = os.open("result.bundle", nofollow | os.O_NONBLOCK, dir_fd=dir_fd)
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            raise WorkspaceError(f"the agent's bundle cannot be read safely: {e.strerror}") from e
+        finally:
+            os.close(dir_fd)
         dst = os.path.join(self.root, "result.bundle")
         with os.fdopen(fd, "rb") as f:
             st = os.fstat(f.fileno())
