@@ -48,6 +48,9 @@ def assert_requeued(repo, tool_env, issue, run, attempts=1):
     assert now["state"] == "open" and now["attempts"] == attempts and now["claimed_by"] is None
     assert run["run"] in now["runs"]
     assert any(run["status"] in c["text"] for c in now["comments"])
+    # not ready again before the backoff (default 60 s, doubled per attempt) has passed
+    from factory.contracts import now_iso
+    assert now["not_before"] and now["not_before"] > now_iso()
 
 
 def test_rate_limits_overload_and_a_dropped_connection_are_retried(repo, tmp_path, tool_env):

@@ -77,7 +77,7 @@ class ContainerGone(Exception):
 
 class Agent:
     def __init__(self, model, sandbox, *, kind: str, system: list[dict], budgets: Budgets,
-                 started: float | None = None, log=lambda msg: None):
+                 started: float | None = None, log=lambda msg: None, on_turn=lambda outcome: None):
         self.model = model
         self.sandbox = sandbox
         self.kind = kind
@@ -87,6 +87,7 @@ class Agent:
         self.started = started if started is not None else time.monotonic()
         self.deadline = self.started + budgets.wall_seconds
         self.log = log
+        self.on_turn = on_turn
         self.cwd = REPO_DIR
         self.findings: list[dict] = []
 
@@ -117,6 +118,7 @@ class Agent:
             out.usage = out.usage + reply.usage
             out.model_retries += reply.retries
             out.cost_usd = cost(self.model.name, out.usage)
+            self.on_turn(out)
             messages.append({"role": "assistant", "content": reply.content})
             calls = [b for b in reply.content if b.get("type") == "tool_use"]
             if not calls:

@@ -13,7 +13,7 @@ import click
 from .cli import CONTEXT_SETTINGS, EXIT_NO, BadInput, Failed, emit, repo_option, run_main, say
 
 TOOL = "factory"
-BUILTINS = ("init", "status", "image")
+BUILTINS = ("init", "status", "image", "start", "stop", "logs")
 
 
 def tool_path(verb: str) -> str | None:
@@ -154,8 +154,11 @@ def status(as_json):
     for i in issues:
         by_state[i["state"]] = by_state.get(i["state"], 0) + 1
     report = {
-        "v": 1, "repo": top, "config": cfg_state, "engine": sandbox.engine_info(), "slots": cfg["slots"],
+        "v": 1, "repo": top, "config": cfg_state, "engine": sandbox.engine_info(),
+        "supervisor": {"running": bool(_supervisor_pid(repo)), "pid": _supervisor_pid(repo)},
+        "slots": _slot_status(repo, cfg),
         "issues": {"total": len(issues), "ready": len(store.ready(issues)), "by_state": by_state},
+        "agents": _agents(),
     }
     healthy = cfg_state["ok"] and report["engine"]["ok"]
     if as_json:
@@ -163,6 +166,184 @@ def status(as_json):
     else:
         _print_status(report)
     return 0 if healthy else EXIT_NO
+
+
+def _config(repo):
+    from . import config
+    try:
+        return config.load(repo.work_tree() or repo.git_dir)
+    except config.ConfigError as e:
+        raise BadInput(TOOL, f"{e}\n(fix factory.yaml)")
+
+
+def _supervisor_pid(repo) -> int | None:
+    """The pid of the supervisor running on this repository, or None."""
+    import errno
+    import fcntl
+    from .supervisor import state_dir
+    path = os.path.join(state_dir(repo), "supervisor.lock")
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return None  # nobody holds it
+    except OSError as e:
+        if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+            raise
+        text = os.pread(fd, 32, 0).decode().strip()
+        return int(text) if text.isdigit() else -1
+    finally:
+        os.close(fd)
+
+
+@cli.command(context_settings=CONTEXT_SETTINGS, epilog="""
+\b
+Keeps the worker slots full: for each ready issue (most urgent first) while the worker
+quota has room, it runs `factory-issue next --claim`, then `factory-slot worker --
+factory-spawn` with the issue on stdin, as child processes. A failed issue waits
+budgets.retry_backoff_seconds, doubled per attempt, up to budgets.attempts; an issue
+factory-spawn refuses is marked failed. On start it removes what dead agents left and
+re-queues their issues once, without counting an attempt. Only one supervisor runs per
+repository. The status is two live lines on a terminal, one line per change otherwise.
+Each agent's stderr goes to `factory logs ISSUE`; the run JSON beside it.
+SIGTERM (factory stop): no new work, running agents finish (at most 600 s), then exit.
+SIGINT twice or SIGUSR1 (factory stop --now): running agents are stopped at once; their
+runs are recorded and their issues re-queued uncounted.
+
+\b
+Exit codes:
+  0  stopped (or, with --until-idle, nothing left to do)
+  2  usage or bad input (not a repository, invalid factory.yaml)
+  3  a supervisor already runs on this repository
+
+\b
+Examples:
+  factory start
+  factory start --detach && factory status
+  factory start --until-idle
+""")
+@click.option("--detach", is_flag=True, help="Run in the background; output to .git/factory/supervisor.log.")
+@click.option("--until-idle", is_flag=True, help="Exit when no issue is ready and no agent runs.")
+@repo_option
+def start(detach, until_idle):
+    """Start the supervisor: run agents on ready issues until stopped."""
+    import subprocess
+    from .supervisor import EXIT_ALREADY_RUNNING, AlreadyRunning, Supervisor, state_dir
+    repo = _repo()
+    cfg = _config(repo)
+    if not os.environ.get("ANTHROPIC_API_KEY"):
+        raise BadInput(TOOL, "ANTHROPIC_API_KEY is not set; every agent needs it (it stays on this host)")
+    pid = _supervisor_pid(repo)
+    if pid:
+        raise Failed(TOOL, f"a supervisor already runs on this repository (pid {pid}); "
+                           "see factory status, or stop it with factory stop", code=EXIT_ALREADY_RUNNING)
+    if detach:
+        os.makedirs(state_dir(repo), exist_ok=True)
+        log_path = os.path.join(state_dir(repo), "supervisor.log")
+        args = [sys.executable, os.path.realpath(sys.argv[0]), "start"] + (["--until-idle"] if until_idle else [])
+        with open(log_path, "ab") as log:
+            child = subprocess.Popen(args, cwd=repo.cwd, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                     start_new_session=True)
+        say(TOOL, f"supervisor started in the background (pid {child.pid}); log: {log_path}")
+        return 0
+    bin_dir = os.path.dirname(os.path.realpath(sys.argv[0]))
+    sup = Supervisor(repo, cfg, until_idle=until_idle,
+                     bin_dir=bin_dir if os.path.exists(os.path.join(bin_dir, "factory-spawn")) else None)
+    try:
+        return sup.run()
+    except AlreadyRunning as e:
+        raise Failed(TOOL, str(e), code=EXIT_ALREADY_RUNNING)
+
+
+@cli.command(context_settings=CONTEXT_SETTINGS, epilog="""
+\b
+Graceful by default: the supervisor starts no new work and waits for running agents
+(at most 600 s) before it exits. --now stops running agents at once: each run is
+recorded and its issue re-queued without counting an attempt. Waits until the
+supervisor has exited.
+
+\b
+Exit codes:
+  0  the supervisor has stopped
+  1  no supervisor runs on this repository, or it did not stop within --timeout
+  2  not in a git repository
+
+\b
+Examples:
+  factory stop
+  factory stop --now
+""")
+@click.option("--now", is_flag=True, help="Stop running agents at once.")
+@click.option("--timeout", type=float, default=700.0, show_default=True, help="Seconds to wait for it to exit.")
+@repo_option
+def stop(now, timeout):
+    """Stop the supervisor."""
+    import signal
+    import time
+    repo = _repo()
+    pid = _supervisor_pid(repo)
+    if not pid or pid < 0:
+        raise Failed(TOOL, "no supervisor runs on this repository")
+    os.kill(pid, signal.SIGUSR1 if now else signal.SIGTERM)
+    say(TOOL, f"asked the supervisor (pid {pid}) to stop{' now' if now else ''}")
+    deadline = time.monotonic() + timeout
+    while _supervisor_pid(repo):
+        if time.monotonic() > deadline:
+            raise Failed(TOOL, f"the supervisor (pid {pid}) has not stopped after {timeout:g} s")
+        time.sleep(0.2)
+    say(TOOL, "stopped")
+    return 0
+
+
+@cli.command(context_settings=CONTEXT_SETTINGS, epilog="""
+\b
+With no ISSUE, the supervisor's own log (under --detach). With an issue id (or unique
+prefix), that issue's agents' stderr, every run appended. -f keeps following.
+
+\b
+Exit codes:
+  0  printed
+  1  no such log yet
+  2  usage or bad input
+
+\b
+Examples:
+  factory logs
+  factory logs 7f3a -f
+""")
+@click.argument("issue", required=False)
+@click.option("-f", "--follow", is_flag=True, help="Keep printing what is appended.")
+@repo_option
+def logs(issue, follow):
+    """Show the supervisor's or an agent's log."""
+    import time
+    from .issues import IssueStore, NoSuchIssue
+    from .supervisor import state_dir
+    repo = _repo()
+    if issue:
+        try:
+            issue_id = IssueStore(repo).get(issue)["id"]
+        except NoSuchIssue as e:
+            raise BadInput(TOOL, str(e))
+        path = os.path.join(state_dir(repo), "logs", f"{issue_id}.log")
+    else:
+        path = os.path.join(state_dir(repo), "supervisor.log")
+    try:
+        f = open(path, "rb")
+    except FileNotFoundError:
+        raise Failed(TOOL, f"no log yet at {path}")
+    with f:
+        while True:
+            chunk = f.read(65536)
+            if chunk:
+                sys.stdout.buffer.write(chunk)
+                sys.stdout.flush()
+            elif not follow:
+                return 0
+            else:
+                time.sleep(0.25)
 
 
 @cli.group(context_settings=CONTEXT_SETTINGS, epilog="""
@@ -230,6 +411,24 @@ def image_build(rebuild, as_json):
         say(TOOL, f"{tag} ({'built' if result['built'] else 'up to date'}, recipe from {recipe.source})")
 
 
+def _slot_status(repo, cfg) -> dict:
+    from .slots import Slots
+    root = os.environ.get("FACTORY_SLOTS_DIR") or os.path.join(repo.git_dir, "factory", "slots")
+    st = Slots(root, cfg).status()
+    return {"total": st["total"]["size"], "used": st["total"]["used"],
+            "kinds": {k: {"size": v["size"], "used": v["used"]} for k, v in st["kinds"].items()}}
+
+
+def _agents() -> list[dict]:
+    """Agents running on this host: issue, run, age, progress so far."""
+    import time
+    from .workspace import live_owners
+    return [{"issue": o.get("issue"), "run": o["run"], "pid": o["pid"],
+             "age_s": round(time.time() - o.get("created", time.time()), 1),
+             "turns": (o.get("progress") or {}).get("turns", 0),
+             "tokens": (o.get("progress") or {}).get("tokens", 0)} for o in live_owners()]
+
+
 def _print_status(r: dict) -> None:
     cfg = r["config"]
     cfg_line = f"{os.path.relpath(cfg['path'], r['repo'])} " + (
@@ -238,15 +437,23 @@ def _print_status(r: dict) -> None:
     eng_line = (f"docker {eng['version']} ({eng['storage_driver']}, cgroup v{eng['cgroup']})" if eng["ok"]
                 else f"DOWN: {eng['error']}")
     s = r["slots"]
+    k = s["kinds"]
     iss = r["issues"]
+    sup = r["supervisor"]
     states = ", ".join(f"{k} {v}" for k, v in sorted(iss["by_state"].items())) or "none"
     click.echo(f"repo     {r['repo']}")
     click.echo(f"config   {cfg_line}")
     for problem in cfg.get("errors", []):
         click.echo(f"         {problem}")
     click.echo(f"engine   {eng_line}")
-    click.echo(f"slots    {s['total']} total: worker {s['worker']}, sensor {s['sensor']}, adversary {s['adversary']}")
+    click.echo(f"kernel   {'running (pid %s)' % sup['pid'] if sup['running'] else 'not running (factory start)'}")
+    click.echo(f"slots    {s['used']}/{s['total']}: worker {k['worker']['used']}/{k['worker']['size']}, "
+               f"sensor {k['sensor']['used']}/{k['sensor']['size']}, "
+               f"adversary {k['adversary']['used']}/{k['adversary']['size']}")
     click.echo(f"issues   {iss['total']} total, {iss['ready']} ready: {states}")
+    for a in r["agents"]:
+        click.echo(f"agent    {a['issue'] or '-'}  run {a['run']}  {a['age_s']:.0f}s  "
+                   f"turns {a['turns']}  tokens {a['tokens']}")
 
 
 def main() -> int:

@@ -158,6 +158,7 @@ SCHEMA: dict[str, Any] = {
         "cost_usd": Float(5.0),
         "wall_seconds": Int(1800, min=1),
         "attempts": Int(3, min=1),
+        "retry_backoff_seconds": Int(60, min=0),
     },
     "sensors": Named({
         "command": Str(None, nullable=True),
@@ -235,6 +236,7 @@ budgets:
   cost_usd: 5.0
   wall_seconds: 1800
   attempts: 3                   # runs per issue before it is marked failed
+  retry_backoff_seconds: 60     # a failed issue waits this long, doubled per attempt
 
 # Sensors, by name. Each gives exactly one of:
 #   command:  a shell command run in an agent container; its output becomes findings

@@ -122,7 +122,7 @@ def run_task(task: dict, repo: Repo, cfg: dict, *, log: Log, run_id: str | None 
         ref = task.get("ref") or (issue or {}).get("target") or default_ref(repo)
         run["ref"] = ref
         branch = branch_for(issue["id"]) if issue else f"factory/run-{run_id}"
-        ws.create()
+        ws.create(issue=run["issue"])
         base = repo.clone_for_agent(ref, ws.repo, branch)
         run["base"] = base
         image = images.ensure_image(images.recipe_from_config(cfg, repo.work_tree()), log=log)
@@ -141,6 +141,8 @@ def run_task(task: dict, repo: Repo, cfg: dict, *, log: Log, run_id: str | None 
         model = warm.get()
         model.name, model.max_tokens = model_name, cfg["model"]["max_tokens"]  # known only now
         agent = Agent(model, sb, kind=kind, system=system, log=log,
+                      on_turn=lambda o: ws.write_progress({"turns": o.turns, "tokens": o.usage.total_tokens,
+                                                           "cost_usd": round(o.cost_usd, 6)}),
                       budgets=Budgets(turns=budgets_cfg["turns"], tokens=budgets_cfg["tokens"],
                                       cost_usd=budgets_cfg["cost_usd"], wall_seconds=wall))
         outcome = agent.run(roles.first_message({**task, "issue": issue}))
@@ -186,7 +188,7 @@ def run_task(task: dict, repo: Repo, cfg: dict, *, log: Log, run_id: str | None 
             run = redactor.clean(run)
             _record(repo, run, transcript, log, redactor, work_commit)
             if issue is not None and kind == "worker":
-                _settle_issue(store, issue, run, cfg["budgets"]["attempts"], actor)
+                _settle_issue(store, issue, run, cfg["budgets"], actor)
         finally:
             cleanup.join()
             run["timings"]["total_s"] = round(time.monotonic() - t0, 3)
@@ -264,6 +266,11 @@ def _harvest(repo: Repo, sb, ws, base: str, branch: str, run_id: str, log) -> st
     return commit
 
 
+def _iso_after(seconds: float) -> str:
+    from datetime import datetime, timedelta, timezone
+    return (datetime.now(timezone.utc) + timedelta(seconds=seconds)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
 def _record(repo, run, transcript, log, redactor, work_commit):
     try:
         runs.record(repo, run, transcript, log.text(), redactor, work_commit)
@@ -272,17 +279,19 @@ def _record(repo, run, transcript, log, redactor, work_commit):
         run["record"] = None
 
 
-def _settle_issue(store: IssueStore, issue: dict, run: dict, max_attempts: int, actor: str) -> None:
+def _settle_issue(store: IssueStore, issue: dict, run: dict, budgets: dict, actor: str) -> None:
     """review when the work is on a branch; otherwise back to open (or failed past the
-    attempt limit). A run stopped by a signal is not counted against the issue."""
+    attempt limit) and not ready again before retry_backoff_seconds, doubled per attempt.
+    A run stopped by a signal is not counted against the issue."""
     if run["status"] == "ok":
         patch = {"state": "review", "branch": run["branch"], "claimed_by": None}
     elif run["reason"] == "interrupted by a signal":
         patch = {"state": "open", "claimed_by": None}
     else:
         attempts = store.get(issue["id"])["attempts"] + 1
-        patch = {"state": "failed" if attempts >= max_attempts else "open", "attempts": attempts,
-                 "claimed_by": None}
+        wait = budgets["retry_backoff_seconds"] * 2 ** (attempts - 1)
+        patch = {"state": "failed" if attempts >= budgets["attempts"] else "open", "attempts": attempts,
+                 "claimed_by": None, "not_before": _iso_after(wait) if wait else None}
         if run.get("branch"):
             patch["branch"] = run["branch"]
     patch["add_runs"] = [run["run"]]

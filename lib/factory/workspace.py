@@ -40,12 +40,18 @@ class Workspace:
         self.repo = os.path.join(self.mount, "repo")
         self.out = os.path.join(self.mount, "out")
 
-    def create(self) -> "Workspace":
+    def create(self, issue: str | None = None) -> "Workspace":
         os.makedirs(self.root, mode=0o700)
         with open(os.path.join(self.root, "owner.json"), "w") as f:
-            json.dump({"pid": os.getpid(), "host": socket.gethostname(), "created": time.time()}, f)
+            json.dump({"pid": os.getpid(), "host": socket.gethostname(), "created": time.time(),
+                       "issue": issue}, f)
         os.makedirs(self.out)
         return self
+
+    def write_progress(self, progress: dict) -> None:
+        """How far the run is (turns, tokens): read by `factory status` while it runs."""
+        from .atomic import write_text
+        write_text(os.path.join(self.root, "progress.json"), json.dumps(progress))
 
     def take_bundle(self) -> str | None:
         """Copy ws/out/result.bundle to a host-only path; None when the agent left none.
@@ -90,6 +96,30 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def live_owners() -> list[dict]:
+    """owner.json of every workspace whose spawn is alive on this host: what runs now."""
+    out = []
+    root = runs_root()
+    try:
+        entries = os.listdir(root)
+    except FileNotFoundError:
+        return out
+    for run_id in entries:
+        try:
+            with open(os.path.join(root, run_id, "owner.json")) as f:
+                owner = json.load(f)
+        except (OSError, ValueError):
+            continue
+        if owner.get("host") == socket.gethostname() and _pid_alive(int(owner.get("pid", 0))):
+            try:
+                with open(os.path.join(root, run_id, "progress.json")) as f:
+                    owner["progress"] = json.load(f)
+            except (OSError, ValueError):
+                owner["progress"] = None
+            out.append(dict(owner, run=run_id))
+    return out
 
 
 def reap() -> list[str]:

@@ -1,0 +1,275 @@
+"""The supervisor (`factory start`): keep the slots busy by running the tools as children.
+
+It holds no state of its own. Each agent is two children: `factory-issue next --claim`
+takes the next ready issue, then `factory-slot KIND -- factory-spawn` runs it with the
+issue on stdin. Everything it knows it rebuilds on start: from git (issues), the slot
+locks and the live workspaces; an issue claimed by a supervisor whose agent is gone is
+re-queued once, without counting an attempt. A flock makes it the only supervisor of
+a repository. It sleeps in select() on a pipe that signals and child exits write to,
+waking every few seconds to look for new issues: idle, it costs next to nothing.
+
+Runtime files, under $FACTORY_STATE_DIR (default <git dir>/factory/):
+    supervisor.lock   flock held while a supervisor runs; holds its pid
+    supervisor.log    its output under --detach
+    logs/<issue>.log  each agent's stderr;  logs/<issue>.run.json  its run JSON
+
+Later kinds (sensors on a schedule, adversaries on branches in review, postmortems of
+failed runs) join as further `Pipeline`s for their own kind of slot.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+
+from .gitstore import Repo
+from .issues import IssueStore
+
+KINDS = ("worker", "sensor", "adversary")
+POLL_S = 2.0            # how often an idle supervisor looks for new issues
+STOP_GRACE_S = 600      # a graceful stop waits this long for running agents
+EXIT_ALREADY_RUNNING = 3
+
+
+def state_dir(repo: Repo) -> str:
+    return os.environ.get("FACTORY_STATE_DIR") or os.path.join(repo.git_dir, "factory")
+
+
+class AlreadyRunning(Exception):
+    pass
+
+
+@dataclass
+class Agent:
+    """One child pipeline: `claim` first, then `spawn`."""
+    kind: str
+    proc: subprocess.Popen
+    phase: str = "claim"
+    issue: dict | None = None
+    started: float = field(default_factory=time.monotonic)
+
+
+class Supervisor:
+    def __init__(self, repo: Repo, cfg: dict, *, out=sys.stdout, until_idle: bool = False,
+                 bin_dir: str | None = None):
+        self.repo = repo
+        self.cfg = cfg
+        self.store = IssueStore(repo)
+        self.out = out
+        self.until_idle = until_idle
+        self.state = state_dir(repo)
+        self.logs = os.path.join(self.state, "logs")
+        self.agents: list[Agent] = []
+        self.stopping: str | None = None      # None, "graceful" or "now"
+        self.stop_deadline = None
+        self.actor = f"supervisor:{os.getpid()}"
+        self.last_line = None
+        self.tool = (lambda name: os.path.join(bin_dir, name)) if bin_dir else (lambda name: name)
+        self.lock_fd = None
+
+    # -- the only supervisor ---------------------------------------------------------
+
+    def lock(self) -> None:
+        os.makedirs(self.logs, exist_ok=True)
+        path = os.path.join(self.state, "supervisor.lock")
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise
+            pid = os.pread(fd, 32, 0).decode().strip() or "?"
+            os.close(fd)
+            raise AlreadyRunning(f"a supervisor already runs on this repository (pid {pid}); "
+                                 "stop it with `factory stop`, or look at `factory status`")
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self.lock_fd = fd
+
+    # -- start: rebuild the picture --------------------------------------------------
+
+    def reconcile(self) -> list[str]:
+        """Remove what dead agents left and re-queue their issues, once, uncounted."""
+        from . import sandbox, workspace
+        try:
+            sandbox.reap()
+        except sandbox.EngineUnavailable as e:
+            self.say(f"warning: {e}")
+        workspace.reap()
+        alive = {o.get("issue") for o in workspace.live_owners()}
+        requeued = []
+        for issue in self.store.all():
+            claimer = issue.get("claimed_by") or ""
+            if issue["state"] != "claimed" or not claimer.startswith("supervisor:"):
+                continue
+            if issue["id"] in alive or claimer == self.actor:
+                continue
+            self.store.update(issue["id"], {"state": "open", "claimed_by": None}, self.actor)
+            self.store.comment(issue["id"], "re-queued: the agent that held it is gone "
+                                            "(not counted as an attempt)", self.actor)
+            requeued.append(issue["id"])
+        if requeued:
+            self.say(f"re-queued {len(requeued)} issue(s) whose agent was gone: {', '.join(requeued)}")
+        return requeued
+
+    # -- the loop --------------------------------------------------------------------
+
+    def run(self) -> int:
+        self.lock()
+        wake_r, wake_w = os.pipe()
+        os.set_blocking(wake_r, False)  # drained until empty after each wake-up
+        os.set_blocking(wake_w, False)  # a signal handler must never block on it
+        signal.set_wakeup_fd(wake_w)
+        signal.signal(signal.SIGCHLD, lambda *a: None)   # only to wake select()
+        signal.signal(signal.SIGTERM, lambda *a: self.stop("graceful"))
+        signal.signal(signal.SIGINT, lambda *a: self.stop("now" if self.stopping else "graceful"))
+        signal.signal(signal.SIGUSR1, lambda *a: self.stop("now"))
+        self.reconcile()
+        self.render()
+        while True:
+            self.collect()
+            if self.stopping:
+                if not self.agents:
+                    break
+                if self.stopping == "graceful" and time.monotonic() > self.stop_deadline:
+                    self.stop("now")
+            else:
+                self.fill()
+                if self.until_idle and not self.agents and not self.ready("worker"):
+                    break
+            self.render()
+            try:
+                ready, _, _ = select.select([wake_r], [], [], POLL_S)
+                while ready and os.read(wake_r, 4096):
+                    pass
+            except (BlockingIOError, InterruptedError):
+                pass
+        self.stopping = self.stopping or "idle"
+        self.render()
+        return 0
+
+    def stop(self, how: str) -> None:
+        if how == "now":
+            for a in self.agents:
+                try:
+                    os.killpg(a.proc.pid, signal.SIGTERM)  # spawn records the run, re-queues uncounted
+                except ProcessLookupError:
+                    pass
+        if self.stopping != "now":
+            self.stopping = how
+            self.stop_deadline = time.monotonic() + STOP_GRACE_S
+
+    def ready(self, kind: str) -> list[dict]:
+        return [i for i in self.store.ready(self.store.all()) if i["kind"] == kind]
+
+    def running(self, kind: str) -> int:
+        """Agents of a kind running now: slot leases held (ours and any a previous
+        supervisor left running) or our own spawns not yet holding one, plus our claims."""
+        held = sum(1 for lease in self._slots().leases() if lease.kind == kind)
+        spawns = sum(1 for a in self.agents if a.kind == kind and a.phase == "spawn")
+        claims = sum(1 for a in self.agents if a.kind == kind and a.phase == "claim")
+        return max(held, spawns) + claims
+
+    def _slots(self):
+        from .slots import Slots
+        root = os.environ.get("FACTORY_SLOTS_DIR") or os.path.join(self.repo.git_dir, "factory", "slots")
+        return Slots(root, self.cfg)
+
+    def fill(self) -> None:
+        """Start claims while the worker quota has room and issues are ready."""
+        quota = self.cfg["slots"]["worker"]
+        if self.running("worker") >= quota or any(a.phase == "claim" for a in self.agents):
+            return  # one claim at a time: each learns from the one before whether work is left
+        if not self.ready("worker"):
+            return
+        proc = subprocess.Popen([self.tool("factory-issue"), "next", "--claim", "--kind", "worker", "--by", self.actor],
+                                cwd=self.repo.cwd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                start_new_session=True)
+        self.agents.append(Agent(kind="worker", proc=proc))
+
+    def collect(self) -> None:
+        """Move each child on: a finished claim starts its spawn; a finished spawn is settled."""
+        for a in list(self.agents):
+            if a.proc.poll() is None:
+                continue
+            if a.phase == "claim":
+                out = a.proc.stdout.read().decode()
+                a.proc.stdout.close()
+                self.agents.remove(a)
+                if a.proc.returncode == 0 and out.strip():
+                    self.start_spawn(json.loads(out.splitlines()[0]))
+                    self.fill()
+            else:
+                self.agents.remove(a)
+                self.settle(a)
+
+    def start_spawn(self, issue: dict) -> None:
+        log = open(os.path.join(self.logs, f"{issue['id']}.log"), "ab")
+        result = open(os.path.join(self.logs, f"{issue['id']}.run.json"), "wb")
+        proc = subprocess.Popen([self.tool("factory-slot"), "-q", "worker", "--", self.tool("factory-spawn"), "-q"],
+                                cwd=self.repo.cwd, stdin=subprocess.PIPE, stdout=result, stderr=log,
+                                start_new_session=True)
+        log.close()
+        result.close()
+        proc.stdin.write(json.dumps(issue).encode() + b"\n")
+        proc.stdin.close()
+        self.agents.append(Agent(kind="worker", proc=proc, phase="spawn", issue=issue))
+        self.say(f"worker started on {issue['id']}: {issue['title'][:60]}")
+
+    def settle(self, a: Agent) -> None:
+        """After a spawn: give up on an issue that can never succeed; put back one whose
+        spawn died before it could settle it."""
+        code = a.proc.returncode
+        issue_id = a.issue["id"]
+        run = {}
+        try:
+            with open(os.path.join(self.logs, f"{issue_id}.run.json")) as f:
+                run = json.loads(f.read() or "{}")
+        except (OSError, ValueError):
+            pass
+        self.say(f"worker on {issue_id} ended: {run.get('status', f'exit {code}')}"
+                 + (f" ({run['reason'][:80]})" if run.get("reason") and run.get("status") != "ok" else ""))
+        if code == 2:  # the task was refused: running it again cannot help
+            self.store.close(issue_id, self.actor, reason="factory-spawn refused this issue as a task "
+                             f"(see {self.logs}/{issue_id}.log)", state="failed")
+            return
+        if run:
+            return  # factory-spawn settled the issue itself (review, or re-queued with backoff)
+        # No run JSON: the spawn died before it could settle (killed). Unless another of
+        # our agents has the issue by now, put it back, uncounted.
+        current = self.store.get(issue_id)
+        ours_on_it = any(x.issue and x.issue["id"] == issue_id for x in self.agents)
+        if current["state"] == "claimed" and current.get("claimed_by") == self.actor and not ours_on_it:
+            self.store.update(issue_id, {"state": "open", "claimed_by": None}, self.actor)
+
+    # -- output ----------------------------------------------------------------------
+
+    def counts(self) -> dict:
+        leases = self._slots().leases()
+        return {k: sum(1 for lease in leases if lease.kind == k) for k in KINDS}
+
+    def render(self) -> None:
+        c = self.counts()
+        used, total = sum(c.values()), self.cfg["slots"]["total"]
+        kernel = {None: "running", "graceful": "stopping", "now": "stopping now", "idle": "stopped"}[self.stopping]
+        first = f"spawning agents  slots: {used}/{total}"
+        second = f"workers:{c['worker']}  sensors:{c['sensor']}  adversaries:{c['adversary']}  kernel:{kernel}"
+        if (first, second) == self.last_line:
+            return
+        tty = self.out.isatty()
+        if tty and self.last_line is not None:
+            self.out.write("\x1b[2F\x1b[J")  # up two lines, clear: a live status
+        self.out.write(f"{first}\n{second}\n" if tty else f"{first}  {second}\n")
+        self.out.flush()
+        self.last_line = (first, second)
+
+    def say(self, msg: str) -> None:
+        print(f"factory: {msg}", file=sys.stderr, flush=True)

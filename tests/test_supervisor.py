@@ -1,0 +1,194 @@
+"""factory start: keeps the worker slots full from the queue, never over quota, and
+survives being killed: every issue ends done or re-queued exactly once."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import threading
+import time
+
+import pytest
+from conftest import BIN, run_tool
+from modelserver import ScriptedModel, delay, text, tool_use
+from spawnkit import file_issue, git, sample_repo, spawn_env
+
+pytestmark = pytest.mark.docker
+
+ANSWER_DELAY_S = 1.5
+
+
+def responder(body):
+    """A stateless agent: create a file named after its issue, then say done."""
+    last = body["messages"][-1]["content"]
+    if any(b.get("type") == "tool_result" for b in last):
+        return delay(ANSWER_DELAY_S, text("done"))
+    issue_id = re.search(r'"id": "([0-9a-f]{12})"', body["messages"][0]["content"][0]["text"]).group(1)
+    return delay(ANSWER_DELAY_S, tool_use("str_replace_based_edit_tool", {
+        "command": "create", "path": f"/workspace/repo/{issue_id}.txt", "file_text": issue_id}))
+
+
+@pytest.fixture
+def repo(tmp_path):
+    r = sample_repo(tmp_path / "calc")
+    (r / "factory.yaml").write_text("slots:\n  worker: 3\nbudgets:\n  retry_backoff_seconds: 0\n")
+    git(r, "add", "factory.yaml")
+    git(r, "commit", "-qm", "three workers")
+    return r
+
+
+@pytest.fixture
+def api():
+    with ScriptedModel([responder] * 200) as server:
+        yield server
+    assert server.errors == []
+
+
+@pytest.fixture
+def env(tool_env, api, tmp_path):
+    return spawn_env(tool_env, api, tmp_path / "runs", FACTORY_CPUS="64", FACTORY_MEMORY="256g")
+
+
+class ContainerWatch(threading.Thread):
+    """Counts this test's worker containers running at once."""
+
+    def __init__(self, repo):
+        super().__init__(daemon=True)
+        self.repo, self.peak, self.done = str(repo), 0, threading.Event()
+
+    def run(self):
+        while not self.done.is_set():
+            out = subprocess.run(["docker", "ps", "-q", "--filter", "label=factory.kind=worker",
+                                  "--filter", f"label=factory.repo={self.repo}/.git"], capture_output=True, text=True)
+            self.peak = max(self.peak, len(out.stdout.split()))
+            time.sleep(0.1)
+
+
+def issues(repo, env):
+    out = run_tool(["factory-issue", "list"], cwd=repo, env=env).stdout
+    return [json.loads(line) for line in out.splitlines()]
+
+
+def start(repo, env, *args):
+    return subprocess.Popen([os.path.join(BIN, "factory"), "start", *args], cwd=repo, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def assert_all_in_review_once(repo, env, n):
+    got = issues(repo, env)
+    assert len(got) == n
+    for i in got:
+        assert i["state"] == "review", i
+        assert len(i["runs"]) == 1, f"{i['id']} ran {len(i['runs'])} times"
+        assert git(repo, "show", f"factory/{i['id']}:{i['id']}.txt") == i["id"]
+
+
+def no_containers_left(repo):
+    out = subprocess.run(["docker", "ps", "-aq", "--filter", f"label=factory.repo={repo}/.git"],
+                         capture_output=True, text=True).stdout
+    return out.split() == []
+
+
+def test_five_issues_three_slots(repo, env):
+    for n in range(5):
+        file_issue(repo, env, title=f"task {n}")
+    watch = ContainerWatch(repo)
+    watch.start()
+    p = start(repo, env, "--until-idle")
+    out, err = p.communicate(timeout=240)
+    watch.done.set()
+    watch.join()
+    assert p.returncode == 0, err
+    assert_all_in_review_once(repo, env, 5)
+    assert 2 <= watch.peak <= 3, f"peak {watch.peak} agents at once"
+    lines = out.splitlines()
+    assert lines[0].startswith("spawning agents  slots: 0/8") and "kernel:running" in lines[0]
+    assert any("workers:3" in line for line in lines), out
+    assert lines[-1].endswith("kernel:stopped")
+    status = json.loads(run_tool(["factory", "status", "--json"], cwd=repo, env=env).stdout)
+    assert status["agents"] == [] and status["slots"]["used"] == 0 and not status["supervisor"]["running"]
+    assert status["issues"]["by_state"] == {"review": 5}
+    assert no_containers_left(repo)
+    log = run_tool(["factory", "logs", lines and issues(repo, env)[0]["id"]], cwd=repo, env=env)
+    assert log.returncode == 0
+
+
+def wait_for(cond, timeout=60):
+    end = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < end, "timed out waiting"
+        time.sleep(0.1)
+
+
+def running_agents(repo, env):
+    return json.loads(run_tool(["factory", "status", "--json"], cwd=repo, env=env).stdout)["agents"]
+
+
+def test_kill_9_of_the_supervisor_then_restart_loses_nothing_and_runs_nothing_twice(repo, env):
+    for n in range(5):
+        file_issue(repo, env, title=f"task {n}")
+    p = start(repo, env)
+    wait_for(lambda: len(running_agents(repo, env)) == 3)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    again = start(repo, env, "--until-idle")
+    out, err = again.communicate(timeout=240)
+    assert again.returncode == 0, err
+    # the agents the killed supervisor left finish on their own; wait for them too
+    wait_for(lambda: running_agents(repo, env) == [])
+    assert_all_in_review_once(repo, env, 5)
+    assert no_containers_left(repo)
+
+
+def test_a_second_supervisor_refuses_to_start(repo, env):
+    file_issue(repo, env)
+    p = start(repo, env)
+    try:
+        wait_for(lambda: json.loads(run_tool(["factory", "status", "--json"], cwd=repo, env=env).stdout)
+                 ["supervisor"]["running"])
+        second = run_tool(["factory", "start"], cwd=repo, env=env)
+        assert second.returncode == 3 and "already runs" in second.stderr
+    finally:
+        assert run_tool(["factory", "stop"], cwd=repo, env=env, timeout=120).returncode == 0
+        p.wait(timeout=30)
+    assert issues(repo, env)[0]["state"] == "review", "a graceful stop lets the running agent finish"
+
+
+def test_stop_now_requeues_running_work_uncounted(repo, env):
+    for n in range(2):
+        file_issue(repo, env, title=f"task {n}")
+    p = start(repo, env)
+    wait_for(lambda: len(running_agents(repo, env)) == 2)
+    r = run_tool(["factory", "stop", "--now"], cwd=repo, env=env, timeout=120)
+    assert r.returncode == 0, r.stderr
+    p.wait(timeout=30)
+    for i in issues(repo, env):
+        assert i["state"] == "open" and i["attempts"] == 0 and i["claimed_by"] is None, i
+    assert no_containers_left(repo)
+
+
+def test_a_container_killed_from_outside_is_retried(repo, env):
+    (issue,) = [file_issue(repo, env)]
+    killed = []
+
+    def killer():
+        while not killed:
+            ids = subprocess.run(["docker", "ps", "-q", "--filter", f"label=factory.issue={issue['id']}"],
+                                 capture_output=True, text=True).stdout.split()
+            if ids:
+                subprocess.run(["docker", "kill", *ids], capture_output=True)
+                killed.extend(ids)
+            time.sleep(0.05)
+
+    t = threading.Thread(target=killer, daemon=True)
+    t.start()
+    p = start(repo, env, "--until-idle")
+    out, err = p.communicate(timeout=240)
+    t.join(timeout=5)
+    assert p.returncode == 0, err
+    final = issues(repo, env)[0]
+    assert killed and final["state"] == "review" and final["attempts"] == 1 and len(final["runs"]) == 2, final["comments"]
+    assert no_containers_left(repo)
