@@ -30,6 +30,8 @@ import sys
 import time
 from dataclasses import dataclass, field
 
+from datetime import datetime, timezone
+
 from .gitstore import Repo
 from .issues import IssueStore
 
@@ -37,6 +39,13 @@ KINDS = ("worker", "sensor", "adversary")
 POLL_S = 2.0            # how often an idle supervisor looks for new issues
 STOP_GRACE_S = 600      # a graceful stop waits this long for running agents
 EXIT_ALREADY_RUNNING = 3
+
+
+def _mtime(path: str) -> int:
+    try:
+        return os.stat(path).st_mtime_ns
+    except FileNotFoundError:
+        return 0
 
 
 def state_dir(repo: Repo) -> str:
@@ -55,6 +64,15 @@ class Agent:
     phase: str = "claim"
     issue: dict | None = None
     started: float = field(default_factory=time.monotonic)
+    pidfd: int | None = None
+
+    def __post_init__(self):
+        self.pidfd = os.pidfd_open(self.proc.pid)  # readable once the child exits
+
+    def close(self):
+        if self.pidfd is not None:
+            os.close(self.pidfd)
+            self.pidfd = None
 
 
 class Supervisor:
@@ -74,6 +92,9 @@ class Supervisor:
         self.last_line = None
         self.tool = (lambda name: os.path.join(bin_dir, name)) if bin_dir else (lambda name: name)
         self.lock_fd = None
+        self.queue_seen = None      # the issue refs' mtimes when the queue was last read
+        self.recheck_at = 0.0       # when a not_before passes, the queue must be read again
+        self.work_waiting = True    # the last read found ready work (a slot may have freed)
 
     # -- the only supervisor ---------------------------------------------------------
 
@@ -127,8 +148,7 @@ class Supervisor:
         wake_r, wake_w = os.pipe()
         os.set_blocking(wake_r, False)  # drained until empty after each wake-up
         os.set_blocking(wake_w, False)  # a signal handler must never block on it
-        signal.set_wakeup_fd(wake_w)
-        signal.signal(signal.SIGCHLD, lambda *a: None)   # only to wake select()
+        signal.set_wakeup_fd(wake_w)  # only the stop signals below: children wake us by pidfd
         signal.signal(signal.SIGTERM, lambda *a: self.stop("graceful"))
         signal.signal(signal.SIGINT, lambda *a: self.stop("now" if self.stopping else "graceful"))
         signal.signal(signal.SIGUSR1, lambda *a: self.stop("now"))
@@ -143,12 +163,13 @@ class Supervisor:
                     self.stop("now")
             else:
                 self.fill()
-                if self.until_idle and not self.agents and not self.ready("worker"):
+                if self.until_idle and not self.agents and not self.work_waiting:
                     break
             self.render()
             try:
-                ready, _, _ = select.select([wake_r], [], [], POLL_S)
-                while ready and os.read(wake_r, 4096):
+                fds = [wake_r] + [a.pidfd for a in self.agents]
+                ready, _, _ = select.select(fds, [], [], POLL_S)
+                while wake_r in ready and os.read(wake_r, 4096):
                     pass
             except (BlockingIOError, InterruptedError):
                 pass
@@ -166,9 +187,6 @@ class Supervisor:
         if self.stopping != "now":
             self.stopping = how
             self.stop_deadline = time.monotonic() + STOP_GRACE_S
-
-    def ready(self, kind: str) -> list[dict]:
-        return [i for i in self.store.ready(self.store.all()) if i["kind"] == kind]
 
     def running(self, kind: str) -> int:
         """Agents of a kind running now: slot leases held (ours and any a previous
@@ -188,18 +206,40 @@ class Supervisor:
         quota = self.cfg["slots"]["worker"]
         if self.running("worker") >= quota or any(a.phase == "claim" for a in self.agents):
             return  # one claim at a time: each learns from the one before whether work is left
-        if not self.ready("worker"):
+        if not self._queue_may_have_changed():
+            return
+        ready = self.ready("worker")
+        self.work_waiting = bool(ready)
+        if not ready:
             return
         proc = subprocess.Popen([self.tool("factory-issue"), "next", "--claim", "--kind", "worker", "--by", self.actor],
                                 cwd=self.repo.cwd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                 start_new_session=True)
         self.agents.append(Agent(kind="worker", proc=proc))
 
+    def _queue_may_have_changed(self) -> bool:
+        seen = tuple(_mtime(os.path.join(self.repo.git_dir, p)) for p in ("refs/factory/issues", "packed-refs"))
+        if seen != self.queue_seen or self.work_waiting or time.time() >= self.recheck_at:
+            self.queue_seen = seen
+            self.recheck_at = time.time() + 60  # a backstop; not_before times bring it nearer
+            return True
+        return False
+
+    def ready(self, kind: str) -> list[dict]:
+        issues = self.store.all()
+        waits = [i["not_before"] for i in issues if i["state"] == "open" and i.get("not_before")]
+        if waits:
+            soonest = datetime.strptime(min(waits), "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc).timestamp()
+            if soonest > time.time():
+                self.recheck_at = min(self.recheck_at, soonest)
+        return [i for i in self.store.ready(issues) if i["kind"] == kind]
+
     def collect(self) -> None:
         """Move each child on: a finished claim starts its spawn; a finished spawn is settled."""
         for a in list(self.agents):
             if a.proc.poll() is None:
                 continue
+            a.close()
             if a.phase == "claim":
                 out = a.proc.stdout.read().decode()
                 a.proc.stdout.close()
