@@ -192,3 +192,35 @@ def test_a_container_killed_from_outside_is_retried(repo, env):
     final = issues(repo, env)[0]
     assert killed and final["state"] == "review" and final["attempts"] == 1 and len(final["runs"]) == 2, final["comments"]
     assert no_containers_left(repo)
+
+
+def engine_answers():
+    return subprocess.run(["docker", "info"], capture_output=True).returncode == 0
+
+
+def test_dockerd_stopped_mid_run_and_started_again_loses_no_issue(repo, env):
+    """Runs the engine took down are recorded, re-queued uncounted, and run again once it
+    is back. Restarts the engine: needs root, like CI."""
+    if os.geteuid() != 0 or not subprocess.run(["pgrep", "-x", "dockerd"], capture_output=True).stdout:
+        pytest.skip("needs root and a dockerd this test may restart")
+    for n in range(3):
+        file_issue(repo, env, title=f"task {n}")
+    p = start(repo, env, "--until-idle")
+    try:
+        wait_for(lambda: len(running_agents(repo, env)) >= 2)
+        subprocess.run(["pkill", "-TERM", "-x", "dockerd"], check=True)
+        wait_for(lambda: not engine_answers(), timeout=60)
+        time.sleep(2)  # agents meet the dead engine
+    finally:
+        root = os.path.dirname(BIN)
+        assert subprocess.run([os.path.join(root, "scripts", "ensure-docker")]).returncode == 0
+    out, err = p.communicate(timeout=300)
+    assert p.returncode == 0, err
+    got = issues(repo, env)
+    assert [i["state"] for i in got] == ["review"] * 3, [(i["state"], i["comments"]) for i in got]
+    assert all(i["attempts"] == 0 for i in got), "the engine's failure is not the issues'"
+    interrupted = [i for i in got if len(i["runs"]) > 1]
+    assert interrupted, "some run was cut by the engine stopping"
+    for i in interrupted:
+        assert any("not answering" in c["text"] for c in i["comments"])
+    assert no_containers_left(repo)

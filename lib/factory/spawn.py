@@ -111,7 +111,7 @@ def run_task(task: dict, repo: Repo, cfg: dict, *, log: Log, run_id: str | None 
            "status": "error", "reason": "", "model": model_name, "started": contracts.now_iso(),
            "ended": None, "ref": None, "base": None, "branch": None, "commit": None, "findings": [],
            "turns": 0, "usage": {}, "cost_usd": 0.0, "model_retries": 0, "container": None,
-           "record": runs.RUNS_PREFIX + run_id, "oom_kills": None, "timings": {}}
+           "record": runs.RUNS_PREFIX + run_id, "oom_kills": None, "infra": False, "timings": {}}
     transcript: list = []
     ws = Workspace(run_id)
     sb = None
@@ -179,6 +179,10 @@ def run_task(task: dict, repo: Repo, cfg: dict, *, log: Log, run_id: str | None 
             except sandbox.SandboxError:                                   # in docker's OOMKilled
                 pass
         reaper.join()
+        if run["status"] in ("error", "failed") and not sandbox.engine_info()["ok"]:
+            # The engine went away under the run: the factory's trouble, not the issue's.
+            run["infra"] = True
+            run["reason"] += " (the Docker engine is not answering)"
         # Removing the container waits until it is gone; record the run meanwhile.
         cleanup = threading.Thread(target=_clean_up, args=(sb, ws))
         cleanup.start()
@@ -207,8 +211,12 @@ def _reap_orphans(log) -> None:
 
 
 def _clean_up(sb, ws) -> None:
+    from . import sandbox
     if sb is not None:
-        sb.remove()
+        try:
+            sb.remove()
+        except (sandbox.SandboxError, sandbox.EngineUnavailable, OSError):
+            pass  # the engine is gone: the container went with it, or expires at its deadline
     ws.remove()
 
 
@@ -285,8 +293,8 @@ def _settle_issue(store: IssueStore, issue: dict, run: dict, budgets: dict, acto
     A run stopped by a signal is not counted against the issue."""
     if run["status"] == "ok":
         patch = {"state": "review", "branch": run["branch"], "claimed_by": None}
-    elif run["reason"] == "interrupted by a signal":
-        patch = {"state": "open", "claimed_by": None}
+    elif run["reason"] == "interrupted by a signal" or run.get("infra"):
+        patch = {"state": "open", "claimed_by": None}  # not the issue's fault: not counted
     else:
         attempts = store.get(issue["id"])["attempts"] + 1
         wait = budgets["retry_backoff_seconds"] * 2 ** (attempts - 1)

@@ -95,6 +95,7 @@ class Supervisor:
         self.queue_seen = None      # the issue refs' mtimes when the queue was last read
         self.recheck_at = 0.0       # when a not_before passes, the queue must be read again
         self.work_waiting = True    # the last read found ready work (a slot may have freed)
+        self.engine_down = False    # a run failed because the Docker engine went away
 
     # -- the only supervisor ---------------------------------------------------------
 
@@ -206,6 +207,12 @@ class Supervisor:
         quota = self.cfg["slots"]["worker"]
         if self.running("worker") >= quota or any(a.phase == "claim" for a in self.agents):
             return  # one claim at a time: each learns from the one before whether work is left
+        if self.engine_down:
+            from . import sandbox
+            if not sandbox.engine_info()["ok"]:
+                return  # no point starting agents that cannot get a container; look again soon
+            self.engine_down = False
+            self.say("the Docker engine answers again; going on")
         if not self._queue_may_have_changed():
             return
         ready = self.ready("worker")
@@ -281,6 +288,9 @@ class Supervisor:
             self.store.close(issue_id, self.actor, reason="factory-spawn refused this issue as a task "
                              f"(see {self.logs}/{issue_id}.log)", state="failed")
             return
+        if run.get("infra") and not self.engine_down:
+            self.engine_down = True
+            self.say("the Docker engine is not answering; waiting for it before starting more agents")
         if run:
             return  # factory-spawn settled the issue itself (review, or re-queued with backoff)
         # No run JSON: the spawn died before it could settle (killed). Unless another of
@@ -300,6 +310,8 @@ class Supervisor:
         c = self.counts()
         used, total = sum(c.values()), self.cfg["slots"]["total"]
         kernel = {None: "running", "graceful": "stopping", "now": "stopping now", "idle": "stopped"}[self.stopping]
+        if self.engine_down and not self.stopping:
+            kernel = "waiting for docker"
         first = f"spawning agents  slots: {used}/{total}"
         second = f"workers:{c['worker']}  sensors:{c['sensor']}  adversaries:{c['adversary']}  kernel:{kernel}"
         if (first, second) == self.last_line:
