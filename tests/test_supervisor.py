@@ -224,3 +224,21 @@ def test_dockerd_stopped_mid_run_and_started_again_loses_no_issue(repo, env):
     for i in interrupted:
         assert any("not answering" in c["text"] for c in i["comments"])
     assert no_containers_left(repo)
+
+
+def test_detach_status_logs_and_stop(repo, env):
+    r = run_tool(["factory", "start", "--detach"], cwd=repo, env=env)
+    assert r.returncode == 0 and "in the background" in r.stderr
+    try:
+        wait_for(lambda: json.loads(run_tool(["factory", "status", "--json"], cwd=repo, env=env).stdout)
+                 ["supervisor"]["running"])
+        issue = file_issue(repo, env)
+        wait_for(lambda: issues(repo, env)[0]["state"] == "review", timeout=120)
+        human = run_tool(["factory", "status"], cwd=repo, env=env).stdout
+        assert "kernel   running (pid" in human
+        log = run_tool(["factory", "logs"], cwd=repo, env=env)
+        assert log.returncode == 0 and "kernel:running" in log.stdout
+        assert f"worker started on {issue['id']}" in log.stdout or "worker started" in log.stdout
+    finally:
+        assert run_tool(["factory", "stop"], cwd=repo, env=env, timeout=120).returncode == 0
+    assert run_tool(["factory", "stop"], cwd=repo, env=env).returncode == 1  # none runs now
