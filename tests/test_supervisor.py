@@ -72,9 +72,24 @@ def issues(repo, env):
     return [json.loads(line) for line in out.splitlines()]
 
 
+STARTED: list[subprocess.Popen] = []
+
+
+@pytest.fixture(autouse=True)
+def no_supervisor_outlives_its_test():
+    yield
+    while STARTED:
+        p = STARTED.pop()
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
 def start(repo, env, *args):
-    return subprocess.Popen([os.path.join(BIN, "factory"), "start", *args], cwd=repo, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen([os.path.join(BIN, "factory"), "start", *args], cwd=repo, env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    STARTED.append(p)
+    return p
 
 
 def assert_all_in_review_once(repo, env, n):

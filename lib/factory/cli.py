@@ -102,6 +102,24 @@ def repo_option(f):
     return wrapper
 
 
+def open_repo(tool: str):
+    """The repository the tool acts on (FACTORY_REPO, -C, or around the cwd); exit 2 if none."""
+    from .gitstore import GitError, Repo
+    try:
+        return Repo()
+    except GitError as e:
+        raise BadInput(tool, str(e))
+
+
+def load_config(tool: str, repo) -> dict:
+    """The repository's factory.yaml with defaults filled in; exit 2 if it is invalid."""
+    from . import config
+    try:
+        return config.load(repo.work_tree() or repo.git_dir)
+    except config.ConfigError as e:
+        raise BadInput(tool, f"{e}\n(fix factory.yaml; nothing was done)")
+
+
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 

@@ -10,7 +10,7 @@ import sys
 
 import click
 
-from .cli import CONTEXT_SETTINGS, EXIT_NO, BadInput, Failed, emit, repo_option, run_main, say
+from .cli import CONTEXT_SETTINGS, EXIT_NO, BadInput, Failed, emit, load_config, open_repo, repo_option, run_main, say
 
 TOOL = "factory"
 BUILTINS = ("init", "status", "image", "start", "stop", "logs")
@@ -62,11 +62,7 @@ def cli():
 
 
 def _repo():
-    from .gitstore import GitError, Repo
-    try:
-        return Repo()
-    except GitError as e:
-        raise BadInput(TOOL, str(e))
+    return open_repo(TOOL)
 
 
 @cli.command(context_settings=CONTEXT_SETTINGS, epilog="""
@@ -169,11 +165,7 @@ def status(as_json):
 
 
 def _config(repo):
-    from . import config
-    try:
-        return config.load(repo.work_tree() or repo.git_dir)
-    except config.ConfigError as e:
-        raise BadInput(TOOL, f"{e}\n(fix factory.yaml)")
+    return load_config(TOOL, repo)
 
 
 def _supervisor_pid(repo) -> int | None:
@@ -386,14 +378,13 @@ Examples:
 def image_build(rebuild, as_json):
     """Build the agent image for this repository (only when its recipe changed)."""
     import time
-    from . import config, images, sandbox
+    from . import images, sandbox
     repo = _repo()
     top = repo.work_tree() or repo.git_dir
+    cfg = _config(repo)
     try:
-        recipe = images.recipe_from_config(config.load(top), top)
+        recipe = images.recipe_from_config(cfg, top)
         digest = images.recipe_hash(recipe)
-    except config.ConfigError as e:
-        raise BadInput(TOOL, f"{e}\n(fix factory.yaml)")
     except images.ImageError as e:
         raise BadInput(TOOL, str(e))
     started = time.monotonic()

@@ -8,7 +8,7 @@ import sys
 
 import click
 
-from .cli import CONTEXT_SETTINGS, BadInput, Failed, emit, repo_option, run_main, say
+from .cli import CONTEXT_SETTINGS, BadInput, Failed, emit, load_config, open_repo, repo_option, run_main, say
 
 TOOL = "factory-slot"
 KINDS = ("worker", "sensor", "adversary")
@@ -17,17 +17,9 @@ EXIT_NO_SLOT = 75  # EX_TEMPFAIL: try again later
 
 
 def _slots():
-    from . import config
-    from .gitstore import GitError, Repo
     from .slots import Slots
-    try:
-        repo = Repo()
-    except GitError as e:
-        raise BadInput(TOOL, str(e))
-    try:
-        cfg = config.load(repo.work_tree() or repo.git_dir)
-    except config.ConfigError as e:
-        raise BadInput(TOOL, f"{e}\n(fix factory.yaml)")
+    repo = open_repo(TOOL)
+    cfg = load_config(TOOL, repo)
     root = os.environ.get("FACTORY_SLOTS_DIR") or os.path.join(repo.git_dir, "factory", "slots")
     return Slots(root, cfg)
 

@@ -10,7 +10,8 @@ import sys
 import click
 
 from . import contracts
-from .cli import CONTEXT_SETTINGS, BadInput, Failed, emit, repo_option, run_main, stdin_is_data
+from .cli import (CONTEXT_SETTINGS, BadInput, Failed, emit, load_config, open_repo, repo_option, run_main,
+                  stdin_is_data)
 
 TOOL = "factory-spawn"
 
@@ -69,17 +70,9 @@ def cli(task_file, pretty, quiet):
     if not os.environ.get("ANTHROPIC_API_KEY"):
         raise BadInput(TOOL, "ANTHROPIC_API_KEY is not set; the agent loop needs it (it stays on this host)")
 
-    from . import config
-    from .gitstore import GitError, Repo
     from .issues import NoSuchIssue
-    try:
-        repo = Repo()
-    except GitError as e:
-        raise BadInput(TOOL, str(e))
-    try:
-        cfg = config.load(repo.work_tree() or repo.git_dir)
-    except config.ConfigError as e:
-        raise BadInput(TOOL, f"{e}\n(fix factory.yaml; nothing was done)")
+    repo = open_repo(TOOL)
+    cfg = load_config(TOOL, repo)
 
     from .spawn import EXIT_NOT_RUN, STATUS_EXIT, Log, ModelWarmup, NotRun, model_name_for, run_task
     # Everything that can refuse has been checked. The SDK import is the longest step
