@@ -182,6 +182,9 @@ def test_stop_now_requeues_running_work_uncounted(repo, env):
     p.wait(timeout=30)
     for i in issues(repo, env):
         assert i["state"] == "open" and i["attempts"] == 0 and i["claimed_by"] is None, i
+        assert len(i["runs"]) == 1, "the stopped run was recorded"
+        run = json.loads(git(repo, "show", f"refs/factory/runs/{i['runs'][0]}:run.json"))
+        assert run["reason"] == "interrupted by a signal"
     assert no_containers_left(repo)
 
 

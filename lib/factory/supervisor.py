@@ -182,7 +182,8 @@ class Supervisor:
         if how == "now":
             for a in self.agents:
                 try:
-                    os.killpg(a.proc.pid, signal.SIGTERM)  # spawn records the run, re-queues uncounted
+                    # the spawn alone, not its group: its own git children must finish recording
+                    os.kill(a.proc.pid, signal.SIGTERM)  # it records the run, re-queues uncounted
                 except ProcessLookupError:
                     pass
         if self.stopping != "now":
