@@ -16,9 +16,11 @@ test *args:
     bats tests/
     pytest {{args}}
 
-# run the benchmarks and print their figures
+# run the benchmarks and print their figures (spawn and supervisor need the Docker engine)
 bench:
     python3 bench/issues_bench.py
+    python3 bench/spawn_bench.py
+    python3 bench/supervisor_bench.py
 
 # regenerate docs/commands/*.md from the tools' --help
 docs:

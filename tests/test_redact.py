@@ -6,12 +6,12 @@ from factory.redact import MASK, Redactor
 
 
 def test_environment_secrets_and_key_patterns_are_masked():
-    r = Redactor(environ={"ANTHROPIC_API_KEY": "sk-ant-api03-abcdefghijklmnop", "MY_TOKEN": "hunter2hunter2",
+    r = Redactor(environ={"ANTHROPIC_API_KEY": "sk-ant-FAKE-test-canary-only", "MY_TOKEN": "hunter2hunter2",
                           "PATH": "/usr/bin", "SHORT_KEY": "abc"})
-    text = ("key sk-ant-api03-abcdefghijklmnop and hunter2hunter2, aws AKIAABCDEFGHIJKLMNOP, "
+    text = ("key sk-ant-FAKE-test-canary-only and hunter2hunter2, aws AKIAIOSFODNN7EXAMPLE, "
             "gh ghp_" + "a" * 36 + ", Authorization: Bearer abcdefghijklmnopqrstuvwx, path /usr/bin, abc")
     out = r.text(text)
-    for secret in ("sk-ant-api03", "hunter2hunter2", "AKIAABCDEFGHIJKLMNOP", "ghp_", "abcdefghijklmnopqrstuvwx"):
+    for secret in ("sk-ant-FAKE", "hunter2hunter2", "AKIAIOSFODNN7EXAMPLE", "ghp_", "abcdefghijklmnopqrstuvwx"):
         assert secret not in out, secret
     assert "/usr/bin" in out and out.endswith("abc"), "non-secrets and short values stay"
     assert out.count(MASK) >= 5

@@ -197,7 +197,7 @@ class IssueStore:
 
     # -- changing ------------------------------------------------------------------
 
-    def change(self, id_or_prefix: str, events_for, actor: str) -> dict:
+    def change(self, id_or_prefix: str, events_for) -> dict:
         """Apply the events `events_for(issue, last_event_time)` returns, as one compare-and-swap
         per event batch, retried on conflict. events_for may raise to refuse the change."""
         issue_id = self.resolve(id_or_prefix)
@@ -224,7 +224,7 @@ class IssueStore:
                 by = f" by {issue['claimed_by']}" if issue.get("claimed_by") else ""
                 raise NotClaimable(f"issue '{issue['id']}' is {issue['state']}{by}; only open issues can be claimed")
             return [make_event("claim", actor, after=last)]
-        return self.change(id_or_prefix, events, actor)
+        return self.change(id_or_prefix, events)
 
     def update(self, id_or_prefix: str, patch: dict, actor: str) -> dict:
         def events(issue, last):
@@ -243,10 +243,10 @@ class IssueStore:
             if runs:
                 evs.append(make_event("runs", actor, after=last, add=runs))
             return evs
-        return self.change(id_or_prefix, events, actor)
+        return self.change(id_or_prefix, events)
 
     def comment(self, id_or_prefix: str, text: str, actor: str) -> dict:
-        return self.change(id_or_prefix, lambda issue, last: [make_event("comment", actor, after=last, text=text)], actor)
+        return self.change(id_or_prefix, lambda issue, last: [make_event("comment", actor, after=last, text=text)])
 
     def close(self, id_or_prefix: str, actor: str, reason: str | None = None, state: str = "closed") -> dict:
         def events(issue, last):
@@ -257,7 +257,7 @@ class IssueStore:
             if issue["state"] != state:
                 evs.append(make_event("set", actor, after=last, fields={"state": state}))
             return evs
-        return self.change(id_or_prefix, events, actor)
+        return self.change(id_or_prefix, events)
 
     # -- choosing ------------------------------------------------------------------
 

@@ -28,7 +28,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from datetime import datetime, timezone
 
@@ -63,7 +63,6 @@ class Agent:
     proc: subprocess.Popen
     phase: str = "claim"
     issue: dict | None = None
-    started: float = field(default_factory=time.monotonic)
     pidfd: int | None = None
 
     def __post_init__(self):
