@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import sys
 
 import click
@@ -74,14 +73,17 @@ def cli(task_file, pretty, quiet):
     repo = open_repo(TOOL)
     cfg = load_config(TOOL, repo)
 
-    from .spawn import EXIT_NOT_RUN, STATUS_EXIT, Log, ModelWarmup, NotRun, model_name_for, run_task
+    from .spawn import (EXIT_NOT_RUN, STATUS_EXIT, Log, ModelWarmup, NotRun, interrupt_on_signals, model_name_for,
+                        run_task)
     # Everything that can refuse has been checked. The SDK import is the longest step
     # before the first model request: start it now, beside the rest of the set-up.
     warm = ModelWarmup(model_name_for(task, cfg), cfg["model"]["max_tokens"])
     warm.start()
-    _signals_interrupt()
+    interrupt_on_signals()
     try:
         run = run_task(task, repo, cfg, log=Log(echo=not quiet), warm=warm)
+    except KeyboardInterrupt:  # before the run began: nothing to record
+        raise Failed(TOOL, "interrupted before the run began", code=130)
     except NotRun as e:
         raise Failed(TOOL, f"not run: {e}", code=EXIT_NOT_RUN)
     except NoSuchIssue as e:
@@ -110,14 +112,6 @@ def _read_task(task_file):
                                  "(loop in the shell for more); nothing was done")
         raise BadInput(TOOL, f"the task is not JSON ({e.msg} at line {e.lineno} column {e.colno}); "
                              "nothing was done")
-
-
-def _signals_interrupt():
-    """SIGTERM and SIGHUP end the run as Ctrl-C does: cleaned up and recorded."""
-    def handler(signum, frame):
-        raise KeyboardInterrupt
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, handler)
 
 
 def main() -> int:

@@ -9,6 +9,7 @@ by the next spawn's reap.
 from __future__ import annotations
 
 import os
+import signal
 import threading
 import time
 from dataclasses import dataclass, field
@@ -22,6 +23,20 @@ STATUS_EXIT = {"ok": 0, "failed": 1, "timeout": 3, "budget": 4, "error": 5, "stu
 EXIT_NOT_RUN = 7
 HARVEST_GRACE_S = 120     # the container outlives the agent's wall budget by this much
 RESULT_BUNDLE = "/workspace/out/result.bundle"
+
+
+_ending = threading.Event()  # set once a run has begun to end: from then on no signal cuts it
+
+
+def interrupt_on_signals() -> None:
+    """SIGTERM, SIGHUP and SIGINT end the run as an interrupt: cleaned up and recorded.
+    Only the first does: once the run is ending, recording it must not be cut short."""
+    def handler(signum, frame):
+        if not _ending.is_set():
+            _ending.set()
+            raise KeyboardInterrupt
+    for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+        signal.signal(sig, handler)
 
 
 class NotRun(Exception):
@@ -173,6 +188,7 @@ def run_task(task: dict, repo: Repo, cfg: dict, *, log: Log, run_id: str | None 
             log("internal error:\n" + traceback.format_exc())
             run["status"], run["reason"] = "error", f"internal error: {type(e).__name__}: {e}"
     finally:
+        _ending.set()
         if sb is not None and run["status"] != "ok":
             try:
                 run["oom_kills"] = sb.oom_kills() if sb.alive() else None  # exec OOMs do not show
@@ -184,7 +200,7 @@ def run_task(task: dict, repo: Repo, cfg: dict, *, log: Log, run_id: str | None 
             run["infra"] = True
             run["reason"] += " (the Docker engine is not answering)"
         # Removing the container waits until it is gone; record the run meanwhile.
-        cleanup = threading.Thread(target=_clean_up, args=(sb, ws))
+        cleanup = threading.Thread(target=_clean_up, args=(sb, ws, run_id))
         cleanup.start()
         try:
             run["ended"] = contracts.now_iso()
@@ -210,13 +226,17 @@ def _reap_orphans(log) -> None:
         log(f"could not reap leftovers: {e}")
 
 
-def _clean_up(sb, ws) -> None:
+def _clean_up(sb, ws, run_id: str) -> None:
     from . import sandbox
-    if sb is not None:
-        try:
+    try:
+        if sb is not None:
             sb.remove()
-        except (sandbox.SandboxError, sandbox.EngineUnavailable, OSError):
-            pass  # the engine is gone: the container went with it, or expires at its deadline
+        else:
+            # An interrupt between the container's creation and `sb` being set leaves one
+            # this function was not handed: find the run's container by its label.
+            sandbox.reap(owner_alive=lambda labels: False, filters={"factory.run": run_id})
+    except (sandbox.SandboxError, sandbox.EngineUnavailable, OSError):
+        pass  # the engine is gone: the container went with it, or expires at its deadline
     ws.remove()
 
 
