@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
-import stat
 import subprocess
 import tempfile
 import time
@@ -24,7 +23,7 @@ TEST_RECIPE = images.Recipe(name="factory-test-agent", base=config.DEFAULTS["ima
 
 RUN = f"t{os.getpid()}-{secrets.token_hex(3)}"  # this session's label: finds leftovers
 CANARY = "sk-ant-test-canary"
-LIMITS = dict(cpus=1.0, memory="256m", pids=64, tmp_size="64m")
+LIMITS = dict(cpus=1.0, memory="256m", pids=64, tmp_size="64m", disk="32m")
 
 
 @pytest.fixture(scope="session")
@@ -46,14 +45,24 @@ def no_leftovers():
 
 
 @pytest.fixture
-def workspace():
-    d = tempfile.mkdtemp(prefix="factory-test-ws-")
+def objects():
+    """A directory standing for a repository's object store, writable by everyone on the
+    host (and owned by the agent's uid, as a normal user's repository would be), so that
+    only the mount can keep the agent from changing it."""
+    d = tempfile.mkdtemp(prefix="factory-test-objects-")
+    os.makedirs(os.path.join(d, "ab"))
+    with open(os.path.join(d, "ab", "cdef"), "wb") as f:
+        f.write(b"host object\n")
+    for p in (d, os.path.join(d, "ab"), os.path.join(d, "ab", "cdef")):
+        os.chmod(p, 0o777 if os.path.isdir(p) else 0o666)
+        if os.geteuid() == 0:
+            os.chown(p, 1000, 1000)
     yield d
     shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture
-def start(agent_image, workspace):
+def start(agent_image, objects):
     """start(**overrides) -> a Sandbox with this run's label, removed at teardown."""
     made = []
 
@@ -61,7 +70,7 @@ def start(agent_image, workspace):
         args = dict(LIMITS, deadline_s=300, labels={})
         args.update(kw)
         args["labels"] = {"factory.test": RUN, **args["labels"]}
-        sb = Sandbox.start(agent_image, args.pop("workspace", workspace), **args)
+        sb = Sandbox.start(agent_image, objects=args.pop("objects", objects), **args)
         made.append(sb)
         return sb
 
@@ -109,28 +118,49 @@ def test_runs_as_agent_without_capabilities_or_new_privileges(sb):
 
 
 @pytest.mark.docker
-def test_read_only_root_writable_workspace_and_tmp(sb, workspace):
+def test_read_only_root_writable_workspace_and_tmp(sb):
     for path in ("/x", "/etc/x", "/usr/bin/x", "/home/agent/x"):
         r = sb.exec(f"touch {path}", timeout=10)
         assert r.exit_code != 0 and ("Read-only file system" in r.output or "Permission denied" in r.output), path
     ok(sb, "echo hi > /workspace/w && echo hi > /tmp/t && printf '#!/bin/sh\\necho ran\\n' > /tmp/s.sh "
            "&& chmod +x /tmp/s.sh")
     assert ok(sb, "/tmp/s.sh") == "ran\n", "/tmp is exec-able (documented choice)"
-    st = os.stat(os.path.join(workspace, "w"))
-    assert (st.st_uid, st.st_gid) == (1000, 1000)
-    with open(os.path.join(workspace, "w")) as f:
-        assert f.read() == "hi\n"
-    tmp_line = [line for line in ok(sb, "cat /proc/mounts").splitlines() if line.split()[1] == "/tmp"][0]
-    assert "nosuid" in tmp_line and "nodev" in tmp_line and "size=65536k" in tmp_line
+    assert ok(sb, "stat -c %u:%g /workspace/w") == "1000:1000\n"
+    mounts = {line.split()[1]: line for line in ok(sb, "cat /proc/mounts").splitlines()}
+    for path, size in (("/tmp", "size=65536k"), ("/workspace", "size=32768k")):
+        assert mounts[path].startswith("tmpfs ") and "nosuid" in mounts[path] and "nodev" in mounts[path], path
+        assert size in mounts[path], mounts[path]
 
 
 @pytest.mark.docker
-def test_workspace_is_the_only_host_path_and_there_is_no_docker_socket(sb, workspace):
+def test_the_workspace_has_a_size_limit_and_takes_no_host_disk(sb):
+    r = sb.exec("fallocate -l 64m /workspace/big; echo rc=$?; head -c 40m /dev/zero > /workspace/f; echo rc=$?; "
+                "df -k /workspace | tail -1", timeout=30)
+    assert "No space left on device" in r.output and "rc=0" not in r.output, r.output
+    assert sb.alive()
+
+
+@pytest.mark.docker
+def test_objects_are_the_only_host_path_read_only_and_there_is_no_docker_socket(sb, objects):
     r = sb.exec("ls -l /var/run/docker.sock /run/docker.sock; grep -c docker.sock /proc/self/mountinfo", timeout=10)
     assert "No such file" in r.output and r.output.rstrip().endswith("0")
     mounts = sb.docker.api.inspect_container(sb.id)["Mounts"]
     assert [(m["Type"], m["Source"], m["Destination"], m["RW"]) for m in mounts] == \
-        [("bind", workspace, "/workspace", True)]
+        [("bind", objects, "/factory/objects", False)]
+
+
+@pytest.mark.docker
+def test_an_object_the_agent_owns_on_the_host_still_cannot_be_changed(sb, objects):
+    """The files are the agent uid's and mode 666 on the host: only the read-only mount
+    stands between the agent and them, and it holds."""
+    assert ok(sb, "cat /factory/objects/ab/cdef") == "host object\n"
+    r = sb.exec("chmod u+w /factory/objects/ab/cdef; echo x >> /factory/objects/ab/cdef; "
+                "touch /factory/objects/new; rm -f /factory/objects/ab/cdef; "
+                "mount -o remount,rw /factory/objects; echo tried", timeout=10)
+    assert "tried" in r.output and r.output.count("Read-only file system") >= 3, r.output
+    with open(os.path.join(objects, "ab", "cdef"), "rb") as f:
+        assert f.read() == b"host object\n"
+    assert sorted(os.listdir(objects)) == ["ab"]
 
 
 @pytest.mark.docker
@@ -267,13 +297,11 @@ def test_head_tail_keeps_both_ends_across_chunks():
 # -- files -----------------------------------------------------------------------------
 
 @pytest.mark.docker
-def test_write_and_read_files(sb, workspace):
+def test_write_and_read_files(sb):
     data = bytes(range(256)) * 3
     assert sb.write_file("sub/dir/f.bin", data) == "/workspace/sub/dir/f.bin"
     assert sb.read_file("/workspace/sub/dir/f.bin") == data
-    with open(os.path.join(workspace, "sub/dir/f.bin"), "rb") as f:
-        assert f.read() == data
-    assert os.stat(os.path.join(workspace, "sub/dir/f.bin")).st_uid == 1000
+    assert ok(sb, "stat -c %u /workspace/sub/dir/f.bin") == "1000\n"
     big = os.urandom(1_500_000)  # several argv chunks and more than one exec
     sb.write_file("/tmp/big", big)
     assert sb.read_file("/tmp/big") == big
@@ -283,7 +311,7 @@ def test_write_and_read_files(sb, workspace):
     ok(sb, "printf 'echo one\\n' > /workspace/run.sh && chmod 755 /workspace/run.sh")
     sb.write_file("run.sh", b"echo two\n")
     assert ok(sb, "/workspace/run.sh") == "two\n"
-    assert stat.S_IMODE(os.stat(os.path.join(workspace, "run.sh")).st_mode) == 0o755
+    assert ok(sb, "stat -c %a /workspace/run.sh") == "755\n"
     assert "factory-" not in ok(sb, "ls -a /workspace /tmp")
     with pytest.raises(FileNotFoundError):
         sb.read_file("/tmp/none")
@@ -356,48 +384,15 @@ def test_reap_removes_containers_of_dead_owners_only(start):
     assert owned.alive()
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root")
-def test_prepare_workspace_hands_over_nothing_outside(workspace):
-    outside_dir = tempfile.mkdtemp(prefix="factory-test-outside-")
-    try:
-        target = os.path.join(outside_dir, "target")
-        shared = os.path.join(outside_dir, "shared-object")
-        for p in (target, shared):
-            with open(p, "w") as f:
-                f.write("host\n")
-        os.chmod(shared, 0o444)
-        os.makedirs(os.path.join(workspace, "d"))
-        open(os.path.join(workspace, "d", "f"), "w").close()
-        os.symlink(target, os.path.join(workspace, "d", "link"))
-        os.link(shared, os.path.join(workspace, "d", "hardlink"))  # as git clone --local does
-        sandbox.prepare_workspace(workspace)
-        for rel in ("", "d", "d/f", "d/link"):
-            assert os.lstat(os.path.join(workspace, rel)).st_uid == 1000, rel
-        assert os.stat(target).st_uid == 0, "a symlink's target stays the host's"
-        assert os.stat(shared).st_uid == 0, "a hard-linked file stays the host's"
-    finally:
-        shutil.rmtree(outside_dir)
-
-
 @pytest.mark.docker
-@pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root")
-def test_agent_can_read_but_not_write_a_hard_linked_file(start, workspace):
-    outside_dir = tempfile.mkdtemp(prefix="factory-test-outside-")
-    try:
-        shared = os.path.join(outside_dir, "object")
-        with open(shared, "w") as f:
-            f.write("host\n")
-        os.chmod(shared, 0o444)
-        os.link(shared, os.path.join(workspace, "object"))
-        sb = start()
-        assert ok(sb, "cat /workspace/object") == "host\n"
-        r = sb.exec("chmod 666 /workspace/object; echo x >> /workspace/object", timeout=10)
-        assert r.exit_code != 0
-        ok(sb, "rm /workspace/object && echo mine > /workspace/object")  # replacing it is fine
-        with open(shared) as f:
-            assert f.read() == "host\n"
-    finally:
-        shutil.rmtree(outside_dir)
+def test_exec_to_file_streams_stdout_and_stops_at_its_limit(sb, tmp_path):
+    dest = str(tmp_path / "out.bin")
+    r = sb.exec_to_file("head -c 3000 /dev/urandom | tee /tmp/sent; echo note >&2", dest, max_bytes=10_000, timeout=30)
+    assert (r.exit_code, r.bytes, r.over) == (0, 3000, False) and "note" in r.stderr
+    with open(dest, "rb") as f:
+        assert f.read() == sb.read_file("/tmp/sent")
+    r = sb.exec_to_file("head -c 50000 /dev/zero", dest, max_bytes=10_000, timeout=30)
+    assert (r.bytes, r.over) == (10_000, True) and os.path.getsize(dest) == 10_000
 
 
 def test_exec_result_is_json_ready():

@@ -174,12 +174,14 @@ def test_kill_9_of_spawn_leaves_nothing_the_next_spawn_does_not_remove(repo, tmp
 def test_cleanup_finds_a_container_it_was_never_handed(tmp_path, monkeypatch):
     """A signal between the container's creation and spawn holding it must not leak it."""
     from factory import config, images, sandbox, spawn
+    from factory.gitstore import Repo
     from factory.workspace import Workspace
     monkeypatch.setenv("FACTORY_RUNS_DIR", str(tmp_path / "runs"))
     image = images.ensure_image(images.recipe_from_config(config.DEFAULTS), log=lambda m: None)
-    ws = Workspace("20990101T000000Z-cleanup").create()
-    sb = sandbox.Sandbox.start(image, ws.mount, labels={"factory.run": ws.run_id}, cpus=0.5, memory="128m",
-                               pids=32, tmp_size="16m", deadline_s=300)
+    repo = Repo(sample_repo(tmp_path / "calc"))
+    ws = Workspace(repo, "20990101T000000Z-cleanup").create()
+    sb = sandbox.Sandbox.start(image, labels={"factory.run": ws.run_id, "factory.repo": repo.common_dir},
+                               cpus=0.5, memory="128m", pids=32, tmp_size="16m", disk="16m", deadline_s=300)
     assert containers_of_run(ws.run_id) == [sb.id[:12]]
-    spawn._clean_up(None, ws, ws.run_id)  # handed no container, as after such a signal
+    spawn._clean_up(repo, None, ws, ws.run_id)  # handed no container, as after such a signal
     assert containers_of_run(ws.run_id) == [] and not os.path.exists(ws.root)

@@ -1,58 +1,54 @@
-"""The host takes exactly one thing from an agent's workspace, and never through a link."""
+"""A run's host-only files: where they live (the repository's common git dir, shared by
+its worktrees), and reaping what a dead spawn left, of this repository only."""
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
 
 import pytest
 
-from factory.workspace import Workspace, WorkspaceError, reap
+from factory.gitstore import Repo
+from factory.workspace import Workspace, live_owners, reap
 
 
 @pytest.fixture
-def ws(tmp_path, monkeypatch):
-    monkeypatch.setenv("FACTORY_RUNS_DIR", str(tmp_path / "runs"))
-    return Workspace("run-1").create()
+def repo(git_repo, monkeypatch):
+    monkeypatch.delenv("FACTORY_RUNS_DIR", raising=False)
+    return Repo(git_repo)
 
 
-def test_a_regular_bundle_is_copied_out(ws):
-    with open(os.path.join(ws.out, "result.bundle"), "wb") as f:
-        f.write(b"bundle bytes")
-    copy = ws.take_bundle()
-    assert copy.startswith(ws.root) and not copy.startswith(ws.mount)
-    assert open(copy, "rb").read() == b"bundle bytes"
+def _as_dead(ws):
+    owner = os.path.join(ws.root, "owner.json")
+    data = json.load(open(owner))
+    data["pid"] = 2 ** 22 + 1  # above pid_max: no such process
+    with open(owner, "w") as f:
+        json.dump(data, f)
 
 
-def test_no_bundle_is_none(ws):
-    assert ws.take_bundle() is None
+def test_runs_live_under_the_common_git_dir_whatever_the_worktree(repo, git_repo, tmp_path):
+    ws = Workspace(repo, "run-1").create(issue="abc")
+    assert ws.root == os.path.join(repo.common_dir, "factory", "runs", "run-1")
+    subprocess.run(["git", "-C", str(git_repo), "worktree", "add", "-q", str(tmp_path / "wt")], check=True)
+    other = Repo(tmp_path / "wt")
+    assert other.git_dir != repo.git_dir and other.common_dir == repo.common_dir
+    assert [o["run"] for o in live_owners(other)] == ["run-1"]
 
 
-def test_an_out_dir_swapped_for_a_link_is_refused(ws, tmp_path):
-    host_dir = tmp_path / "host"
-    host_dir.mkdir()
-    (host_dir / "result.bundle").write_bytes(b"host file")
-    os.rmdir(ws.out)
-    os.symlink(host_dir, ws.out)
-    with pytest.raises(WorkspaceError, match="cannot be read safely"):
-        ws.take_bundle()
+def test_reap_removes_runs_of_dead_spawns_only(repo):
+    alive = Workspace(repo, "run-alive").create()
+    dead = Workspace(repo, "run-dead").create()
+    _as_dead(dead)
+    assert reap(repo) == ["run-dead"]
+    assert os.path.isdir(alive.root) and not os.path.exists(dead.root)
 
 
-def test_a_bundle_that_is_a_link_or_a_fifo_is_refused(ws, tmp_path):
-    secret = tmp_path / "secret"
-    secret.write_bytes(b"host secret")
-    os.symlink(secret, os.path.join(ws.out, "result.bundle"))
-    with pytest.raises(WorkspaceError, match="cannot be read safely"):
-        ws.take_bundle()
-    os.unlink(os.path.join(ws.out, "result.bundle"))
-    os.mkfifo(os.path.join(ws.out, "result.bundle"))
-    with pytest.raises(WorkspaceError, match="not a regular file"):
-        ws.take_bundle()
-
-
-def test_reap_removes_workspaces_of_dead_spawns_only(ws, tmp_path):
-    dead = Workspace("run-dead").create()
-    owner = os.path.join(dead.root, "owner.json")
-    text = open(owner).read().replace(f'"pid": {os.getpid()}', '"pid": 999999999')
-    open(owner, "w").write(text)
-    assert reap() == ["run-dead"]
-    assert os.path.isdir(ws.root) and not os.path.exists(dead.root)
+def test_reap_leaves_another_repositorys_runs_alone(repo, tmp_path):
+    subprocess.run(["git", "init", "-q", str(tmp_path / "other")], check=True)
+    other = Repo(tmp_path / "other")
+    theirs = Workspace(other, "run-theirs").create()
+    _as_dead(theirs)
+    assert reap(repo) == []
+    assert os.path.isdir(theirs.root)
+    assert reap(other) == ["run-theirs"]

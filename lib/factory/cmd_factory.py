@@ -172,8 +172,8 @@ def _supervisor_pid(repo) -> int | None:
     """The pid of the supervisor running on this repository, or None."""
     import errno
     import fcntl
-    from .supervisor import state_dir
-    path = os.path.join(state_dir(repo), "supervisor.lock")
+    from .paths import supervisor_lock
+    path = supervisor_lock(repo)
     try:
         fd = os.open(path, os.O_RDONLY)
     except FileNotFoundError:
@@ -222,7 +222,8 @@ Examples:
 def start(detach, until_idle):
     """Start the supervisor: run agents on ready issues until stopped."""
     import subprocess
-    from .supervisor import EXIT_ALREADY_RUNNING, AlreadyRunning, Supervisor, state_dir
+    from .paths import state_dir
+    from .supervisor import EXIT_ALREADY_RUNNING, AlreadyRunning, Supervisor
     repo = _repo()
     cfg = _config(repo)
     if not os.environ.get("ANTHROPIC_API_KEY"):
@@ -312,7 +313,7 @@ def logs(issue, follow):
     """Show the supervisor's or an agent's log."""
     import time
     from .issues import IssueStore, NoSuchIssue
-    from .supervisor import state_dir
+    from .paths import state_dir
     repo = _repo()
     if issue:
         try:
@@ -404,7 +405,8 @@ def image_build(rebuild, as_json):
 
 def _slot_status(repo, cfg) -> dict:
     from .slots import Slots
-    root = os.environ.get("FACTORY_SLOTS_DIR") or os.path.join(repo.git_dir, "factory", "slots")
+    from .paths import slots_dir
+    root = slots_dir(repo)
     st = Slots(root, cfg).status()
     return {"total": st["total"]["size"], "used": st["total"]["used"],
             "kinds": {k: {"size": v["size"], "used": v["used"]} for k, v in st["kinds"].items()}}
@@ -417,7 +419,7 @@ def _agents() -> list[dict]:
     return [{"issue": o.get("issue"), "run": o["run"], "pid": o["pid"],
              "age_s": round(time.time() - o.get("created", time.time()), 1),
              "turns": (o.get("progress") or {}).get("turns", 0),
-             "tokens": (o.get("progress") or {}).get("tokens", 0)} for o in live_owners()]
+             "tokens": (o.get("progress") or {}).get("tokens", 0)} for o in live_owners(repo)]
 
 
 def _print_status(r: dict) -> None:

@@ -13,7 +13,7 @@ from .cli import (CONTEXT_SETTINGS, EXIT_CODES_HELP, EXIT_NO, BadInput, Failed, 
 TOOL = "factory-issue"
 
 ISSUE_KEY_ORDER = ("v", "id", "title", "state", "kind", "priority", "labels", "source", "trust",
-                   "fingerprint", "attempts", "branch", "claimed_by", "runs", "depends_on",
+                   "fingerprint", "attempts", "branch", "claimed_by", "claim_token", "runs", "depends_on",
                    "not_before", "created", "updated", "body", "comments", "history")
 
 

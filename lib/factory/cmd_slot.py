@@ -20,7 +20,8 @@ def _slots():
     from .slots import Slots
     repo = open_repo(TOOL)
     cfg = load_config(TOOL, repo)
-    root = os.environ.get("FACTORY_SLOTS_DIR") or os.path.join(repo.git_dir, "factory", "slots")
+    from .paths import slots_dir
+    root = slots_dir(repo)
     return Slots(root, cfg)
 
 

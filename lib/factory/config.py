@@ -125,6 +125,11 @@ class Named:
     default: dict = field(default_factory=dict)
 
 
+# What a harvest leaves out of an agent's branch besides what the repository ignores:
+# caches that tools write as a side effect of running, never work.
+DEFAULT_HARVEST_EXCLUDE = ("__pycache__/", "*.py[cod]", ".pytest_cache/", ".mypy_cache/", ".ruff_cache/",
+                           ".hypothesis/", ".coverage", ".tox/", ".nox/", "node_modules/", ".DS_Store")
+
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 CRON_PATTERN = r"^(@(hourly|daily|weekly|monthly|yearly|reboot)|(\S+\s+){4}\S+)$"
 
@@ -137,8 +142,14 @@ SCHEMA: dict[str, Any] = {
         "adversary": Int(1, min=0),
     },
     "resources": {
-        kind: {"cpus": Float(cpus), "memory": Size(mem), "pids": Int(512, min=16), "tmp": Size("1g")}
-        for kind, cpus, mem in (("worker", 1.0, "2g"), ("sensor", 0.5, "1g"), ("adversary", 1.0, "2g"))
+        kind: {"cpus": Float(cpus), "memory": Size(mem), "pids": Int(512, min=16), "tmp": Size(tmp),
+               "disk": Size(disk)}
+        for kind, cpus, mem, tmp, disk in (("worker", 1.0, "2g", "512m", "1g"), ("sensor", 0.5, "1g", "256m", "512m"),
+                                           ("adversary", 1.0, "2g", "512m", "1g"))
+    },
+    "harvest": {
+        "max_bytes": Size("64m"),
+        "exclude": StrList(list(DEFAULT_HARVEST_EXCLUDE)),
     },
     "image": {
         "name": Str("factory-agent", pattern=r"^[a-z0-9][a-z0-9._/-]*(:[A-Za-z0-9._-]+)?$",
@@ -198,23 +209,33 @@ slots:
   adversary: 1     # attack what workers built, file failures with a reproduction
 
 # Limits for each agent's container, per kind. An agent waits for a slot until its
-# request fits the machine. Sizes: 512m, 2g, ...
+# request fits the machine. Sizes: 512m, 2g, ... /workspace (the agent's checkout) and
+# /tmp live in memory: what an agent writes there counts against `memory`.
 resources:
   worker:
     cpus: 1.0
     memory: 2g     # swap is capped to the same amount
     pids: 512      # processes and threads; a fork bomb stops here
-    tmp: 1g        # the size of the container's writable /tmp
+    tmp: 512m      # the size of the container's writable /tmp
+    disk: 1g       # the size of /workspace, the checkout and all the agent writes there
   sensor:
     cpus: 0.5
     memory: 1g
     pids: 512
-    tmp: 1g
+    tmp: 256m
+    disk: 512m
   adversary:
     cpus: 1.0
     memory: 2g
     pids: 512
-    tmp: 1g
+    tmp: 512m
+    disk: 1g
+
+# What leaves an agent's container: its branch, as a git bundle.
+harvest:
+  max_bytes: 64m   # a larger bundle is refused, and the run fails saying so
+  exclude: ["__pycache__/", "*.py[cod]", ".pytest_cache/", ".mypy_cache/", ".ruff_cache/",
+            ".hypothesis/", ".coverage", ".tox/", ".nox/", "node_modules/", ".DS_Store"]
 
 # The image agents run in: bash, git and the repository's toolchain.
 image:

@@ -34,7 +34,7 @@ ID_PREFIX_RE = re.compile(r"^[0-9a-f]{1,12}$")
 # Fields an issue carries that only the store sets. `factory-issue show X | factory-issue file`
 # copies an issue, so on input they are ignored rather than refused.
 STORE_FIELDS = ("v", "id", "state", "created", "updated", "attempts", "runs", "branch",
-                "claimed_by", "comments", "history", "not_before")
+                "claimed_by", "claim_token", "comments", "history", "not_before")
 # Fields a person or a tool may give when filing.
 DRAFT_FIELDS = ("title", "body", "labels", "priority", "fingerprint", "source", "trust", "kind",
                 "depends_on")

@@ -35,6 +35,26 @@ class NotARepository(GitError):
     pass
 
 
+def _not_yours(path: str) -> str:
+    """Why git refuses a repository that belongs to another user, and what to do."""
+    import pwd
+    try:
+        top = os.path.abspath(path)
+        while not os.path.exists(os.path.join(top, ".git")) and os.path.dirname(top) != top:
+            top = os.path.dirname(top)
+        uid = os.stat(top).st_uid
+        try:
+            owner = pwd.getpwuid(uid).pw_name
+        except KeyError:
+            owner = f"uid {uid}"
+    except OSError:
+        top, owner = path, "another user"
+    me = "root" if os.geteuid() == 0 else f"uid {os.geteuid()}"
+    return (f"'{top}' belongs to {owner}, not to you ({me}): git refuses another user's repository, "
+            f"and factory would leave files in it that its owner cannot change. Run factory as its "
+            f"owner (e.g. sudo -u {owner} factory ...); a member of the docker group needs no root")
+
+
 @dataclass
 class NewCommit:
     """A commit to write: `files` maps a path in its (flat) tree to the file's bytes.
@@ -53,10 +73,16 @@ class Repo:
     def __init__(self, path: str | os.PathLike | None = None):
         start = os.fspath(path or os.environ.get("FACTORY_REPO") or os.getcwd())
         try:
-            out = self.run("rev-parse", "--absolute-git-dir", cwd=start).decode().strip()
+            out = self.run("rev-parse", "--absolute-git-dir", "--path-format=absolute", "--git-common-dir",
+                           cwd=start).decode().splitlines()
         except GitError as e:
+            if "dubious ownership" in str(e):
+                raise NotARepository(_not_yours(start)) from e
             raise NotARepository(f"not a git repository: '{start}' (run inside one, or set FACTORY_REPO)") from e
-        self.git_dir = out
+        self.git_dir = out[0]
+        # A linked worktree has a git dir of its own; refs, objects and factory's runtime
+        # state (slots, the supervisor's lock) belong to the repository: the common dir.
+        self.common_dir = os.path.normpath(out[1])
         self.cwd = start
 
     def work_tree(self) -> str | None:

@@ -72,7 +72,7 @@ def apply_event(issue: dict | None, ev: dict) -> dict:
             "state": "open", "kind": f["kind"], "labels": list(f["labels"]), "priority": f["priority"],
             "fingerprint": f["fingerprint"], "source": f["source"], "trust": f["trust"],
             "depends_on": list(f["depends_on"]), "attempts": 0, "branch": None, "runs": [],
-            "claimed_by": None, "not_before": None, "comments": [],
+            "claimed_by": None, "claim_token": None, "not_before": None, "comments": [],
             "created": ev["at"], "updated": ev["at"],
         }
     if issue is None:
@@ -83,6 +83,8 @@ def apply_event(issue: dict | None, ev: dict) -> dict:
             issue[k] = v
         if ev["fields"].get("state") == "open":
             issue["claimed_by"] = ev["fields"].get("claimed_by")
+        if ev["fields"].get("state", "claimed") != "claimed":
+            issue["claim_token"] = None  # a claim ends with its state: its token is spent
     elif t == "labels":
         labels = [x for x in issue["labels"] if x not in ev.get("remove", [])]
         labels += [x for x in ev.get("add", []) if x not in labels]
@@ -92,6 +94,7 @@ def apply_event(issue: dict | None, ev: dict) -> dict:
     elif t == "claim":
         issue["state"] = "claimed"
         issue["claimed_by"] = ev["actor"]
+        issue["claim_token"] = ev.get("token")
     elif t == "runs":
         issue["runs"] = issue["runs"] + [r for r in ev["add"] if r not in issue["runs"]]
     else:
@@ -197,15 +200,20 @@ class IssueStore:
 
     # -- changing ------------------------------------------------------------------
 
-    def change(self, id_or_prefix: str, events_for) -> dict:
+    def change(self, id_or_prefix: str, events_for, also=None) -> dict:
         """Apply the events `events_for(issue, last_event_time)` returns, as one compare-and-swap
-        per event batch, retried on conflict. events_for may raise to refuse the change."""
+        per event batch, retried on conflict. events_for may raise to refuse the change.
+        `also(issue)` may name more ref updates [(ref, new, expected old)] that must move in
+        the same transaction, all or none (a run's branch moves only with its issue)."""
         issue_id = self.resolve(id_or_prefix)
 
         def attempt():
             issue, head = self.read(issue_id)
+            extra = also(issue) if also else []
             events = events_for(issue, issue["updated"])
             if not events:
+                if extra:
+                    self.repo.update_refs(extra)
                 return issue
             commits = []
             for n, ev in enumerate(events):
@@ -214,7 +222,7 @@ class IssueStore:
                 parent = head if n == 0 else n - 1  # each event's parent is the one before
                 commits.append(NewCommit({ISSUE_FILE: _issue_blob(issue)}, _message(ev), parents=[parent]))
             oids = self.repo.write_commits(commits)
-            self.repo.update_refs([(ISSUES_PREFIX + issue_id, oids[-1], head)])
+            self.repo.update_refs([(ISSUES_PREFIX + issue_id, oids[-1], head)] + extra)
             return issue
         return retry_cas(attempt)
 
@@ -223,7 +231,9 @@ class IssueStore:
             if issue["state"] != "open":
                 by = f" by {issue['claimed_by']}" if issue.get("claimed_by") else ""
                 raise NotClaimable(f"issue '{issue['id']}' is {issue['state']}{by}; only open issues can be claimed")
-            return [make_event("claim", actor, after=last)]
+            # The token names this claim: whatever runs under it may land its work once
+            # (the landing's compare-and-swap spends it), however many times it is started.
+            return [make_event("claim", actor, after=last, token=os.urandom(8).hex())]
         return self.change(id_or_prefix, events)
 
     def update(self, id_or_prefix: str, patch: dict, actor: str) -> dict:

@@ -2,10 +2,14 @@
 Docker side of image builds (images.py decides what to build; it builds through here).
 
 One Sandbox is one container for one agent, hardened by default and with no switch to
-soften it: no network, all capabilities dropped, no new privileges, read-only root,
-uid/gid 1000, an init that reaps zombies, pids/memory/CPU limits, a tmpfs /tmp, and the
-workspace (a host directory) bind-mounted at /workspace as the only host path. Never
-the Docker socket, never the host's environment.
+soften it: no network, all capabilities dropped, no new privileges, read-only root, a
+non-root user, an init that reaps zombies, pids/memory/CPU limits. Its only writable
+places are two tmpfs mounts, /workspace (the agent's checkout, `disk` bytes) and /tmp,
+both counted against the memory limit, so an agent can fill neither the host's disk nor
+any host file. The repository's object store is bind-mounted read-only at /factory/objects
+(the checkout borrows its objects from there, as git alternates): the kernel refuses every
+write to it, whoever owns the repository. Never the Docker socket, never the host's
+environment.
 
 The deadline is the container's own: its main process is `sleep DEADLINE_S` and it is
 created with auto_remove, so when the deadline passes the container exits and the daemon
@@ -36,9 +40,9 @@ from dataclasses import dataclass, asdict
 
 from .config import parse_size
 
-AGENT_USER = "1000:1000"
-AGENT_UID = 1000
+AGENT_UID = 1000          # the agent's uid when factory runs as root
 WORKSPACE = "/workspace"
+OBJECTS = "/factory/objects"   # the repository's objects, read-only
 TMP = "/tmp"
 WRITABLE = (WORKSPACE, TMP)  # the only paths write_file/read_file accept
 KILL_GRACE_S = 2             # timeout -k: SIGTERM first, SIGKILL this much later
@@ -145,6 +149,15 @@ class ExecResult:
 
 
 @dataclass
+class StreamResult:
+    exit_code: int | None  # None when the host gave up waiting
+    stderr: str            # bounded
+    bytes: int             # how many bytes of stdout were written to the file
+    over: bool             # stdout was longer than allowed; the file holds only its start
+    duration: float
+
+
+@dataclass
 class State:
     status: str            # running | exited | gone (or docker's created, paused, removing, dead)
     exit_code: int | None
@@ -188,35 +201,15 @@ class HeadTail:
         return self.head.decode("utf-8", "replace") + marker + tail.decode("utf-8", "replace"), True
 
 
-# -- workspace -------------------------------------------------------------------------
+# -- paths -----------------------------------------------------------------------------
 
-def prepare_workspace(path: str) -> str:
-    """Make a host directory the container's user can write: chown -R 1000:1000, with two
-    exceptions that keep host files the host's. A symlink is changed itself, never its
-    target. A file with more than one hard link is left alone: its inode is shared with
-    some other place (`git clone --local` hardlinks objects), so handing it over would
-    let the agent write into that place; the agent can still read it (as its mode
-    allows) and replace it in the workspace. Sandbox.start calls this; it is idempotent.
-    Returns the absolute path."""
-    path = os.path.abspath(path)
-    if not os.path.isdir(path):
-        raise SandboxError(f"workspace '{path}' is not a directory")
-    if os.lstat(path).st_uid == AGENT_UID and os.geteuid() != 0:
-        return path  # already the agent's; a non-root caller could not chown anyway
-    try:
-        os.lchown(path, AGENT_UID, AGENT_UID)
-        for top, dirs, files in os.walk(path):
-            for name in dirs + files:
-                full = os.path.join(top, name)
-                st = os.lstat(full)
-                if stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
-                    continue
-                if st.st_uid != AGENT_UID or st.st_gid != AGENT_UID:
-                    os.lchown(full, AGENT_UID, AGENT_UID)
-    except PermissionError as e:
-        raise SandboxError(f"cannot chown workspace '{path}' to {AGENT_USER} ({e.strerror}); "
-                           "run as root, or give the directory to uid 1000 first") from e
-    return path
+def agent_user() -> str:
+    """Who the agent is inside its container. Run by a normal user, the agent is that user
+    (its files on the tmpfs are then plainly the user's, and it can read the repository's
+    objects whatever the user's umask); run by root, uid 1000, never root. No host file is
+    writable from the container either way: the only host path it sees is read-only."""
+    uid = os.geteuid()
+    return f"{AGENT_UID}:{AGENT_UID}" if uid == 0 else f"{uid}:{os.getegid()}"
 
 
 def container_path(path: str) -> str:
@@ -258,44 +251,51 @@ class Sandbox:
         return self._client
 
     @classmethod
-    def start(cls, image: str, workspace: str, *, labels: dict, cpus: float, memory: str | int,
-              pids: int, tmp_size: str | int, deadline_s: int, name: str | None = None,
-              env: dict | None = None) -> "Sandbox":
-        """Create and start the hardened container; the workspace is chowned to 1000:1000.
+    def start(cls, image: str, *, labels: dict, cpus: float, memory: str | int, pids: int,
+              tmp_size: str | int, disk: str | int, deadline_s: int, objects: str | None = None,
+              name: str | None = None, env: dict | None = None) -> "Sandbox":
+        """Create and start the hardened container.
 
-        Labels: always factory=1 and factory.deadline (epoch seconds); factory.owner_pid
-        (this process) and factory.host default where `labels` does not give them.
-        `env` adds to BASE_ENV; nothing of the host's environment is passed.
+        `objects`: a host directory (a repository's object store) mounted read-only at
+        /factory/objects; `disk`: the size of the /workspace tmpfs. Labels: always
+        factory=1 and factory.deadline (epoch seconds); factory.owner_pid (this process)
+        and factory.host default where `labels` does not give them. `env` adds to
+        BASE_ENV; nothing of the host's environment is passed.
         """
         if deadline_s < 1:
             raise ValueError(f"deadline_s is {deadline_s}; it must be at least 1")
-        ws = prepare_workspace(workspace)
+        if objects is not None and not os.path.isdir(objects):
+            raise SandboxError(f"'{objects}' is not a directory; it cannot be mounted at {OBJECTS}")
         deadline = int(time.time()) + int(deadline_s)
         all_labels = {"factory.owner_pid": str(os.getpid()), "factory.host": socket.gethostname()}
         all_labels.update({str(k): str(v) for k, v in labels.items()})
         all_labels.update({"factory": "1", "factory.deadline": str(deadline)})
         mem = _size(memory, "memory")
+        user = agent_user()
+        uid, gid = user.split(":")
         sb = cls("", name=name, labels=all_labels)
         from docker.types import Mount
         errors = _errors()
+        mounts = [Mount(target=OBJECTS, source=os.path.abspath(objects), type="bind", read_only=True)] if objects else []
         try:
             container = sb.docker.containers.create(
                 image,
                 # The deadline: when sleep ends the container exits and auto_remove removes it.
                 entrypoint=["sleep"], command=[str(int(deadline_s))],
-                name=name, labels=all_labels, user=AGENT_USER, working_dir=WORKSPACE,
+                name=name, labels=all_labels, user=user, working_dir=WORKSPACE,
                 environment={**BASE_ENV, **(env or {})},
                 network_mode="none", cap_drop=["ALL"], security_opt=["no-new-privileges"],
                 read_only=True, init=True, auto_remove=True,
-                # exec allowed on /tmp: agents run scripts there, and noexec would stop
-                # nothing that `bash script` or the writable /workspace does not allow anyway.
-                tmpfs={TMP: f"rw,nosuid,nodev,exec,size={_size(tmp_size, 'tmp_size')},mode=1777"},
-                mounts=[Mount(target=WORKSPACE, source=ws, type="bind", read_only=False)],
+                # exec allowed on both: agents run scripts and tests there, and noexec would
+                # stop nothing that `bash script` does not allow anyway.
+                tmpfs={TMP: f"rw,nosuid,nodev,exec,size={_size(tmp_size, 'tmp_size')},mode=1777",
+                       WORKSPACE: f"rw,nosuid,nodev,exec,size={_size(disk, 'disk')},mode=0755,uid={uid},gid={gid}"},
+                mounts=mounts,
                 pids_limit=int(pids), mem_limit=mem, memswap_limit=mem,  # no swap on top
                 nano_cpus=int(float(cpus) * 1e9),
             )
         except errors.ImageNotFound as e:
-            raise SandboxError(f"no image '{image}' (build it: factory image)") from e
+            raise SandboxError(f"no image '{image}' (build it: factory image build)") from e
         except errors.APIError as e:
             raise SandboxError(f"cannot create a container from '{image}': {e.explanation or e}") from e
         sb.id, sb.name = container.id, container.name
@@ -343,7 +343,7 @@ class Sandbox:
 
     def exec(self, command: str, *, timeout: float, workdir: str = WORKSPACE,
              env: dict | None = None, max_output: int = 30000) -> ExecResult:
-        """Run `bash -c COMMAND` (not a login shell) as 1000:1000 in `workdir`, under
+        """Run `bash -c COMMAND` (not a login shell) as the agent in `workdir`, under
         `timeout -k 2 TIMEOUT` inside the container, so a runaway is killed there even if
         the host stops waiting (the host waits TIMEOUT + 12 s at most). When it ends, what
         it left running in the background is killed (see RUNNER; `setsid` escapes that).
@@ -366,6 +366,31 @@ class Sandbox:
         timed_out = code in (124, 137) and duration >= timeout * 0.98
         return ExecResult(code, output, timed_out, truncated, duration)
 
+    def exec_to_file(self, command: str, dest: str, *, max_bytes: int, timeout: float,
+                     workdir: str = WORKSPACE, env: dict | None = None) -> StreamResult:
+        """Run `bash -c COMMAND` and write its stdout, as bytes, to the host file `dest`
+        (created; at most max_bytes of it: past that the rest is dropped and `over` is
+        set). stderr is kept, bounded, for messages. Nothing in the container decides
+        where on the host the bytes go."""
+        err = HeadTail(8192)
+        written = 0
+        over = False
+        with open(dest, "wb") as f:
+            def take(stream, data):
+                nonlocal written, over
+                if stream != 1:
+                    err.add(data)
+                    return
+                room = max_bytes - written
+                if len(data) > room:
+                    over = True
+                    data = data[:max(room, 0)]
+                f.write(data)
+                written += len(data)
+            code, duration, gave_up = self._run(["bash", "-c", command], timeout=timeout, workdir=workdir,
+                                                env=env, on_output=take)
+        return StreamResult(None if gave_up else code, err.result()[0], written, over, duration)
+
     def _run(self, argv: list[str], *, timeout: float, workdir: str = WORKSPACE, env: dict | None = None,
              merge: bool = False, on_output=None) -> tuple[int | None, float, bool]:
         """(exit code, seconds, host gave up) of argv under the in-container timeout.
@@ -379,7 +404,7 @@ class Sandbox:
         started = time.monotonic()
         try:
             exec_id = api.exec_create(self.id, cmd, stdout=True, stderr=True, stdin=False, tty=False,
-                                      user=AGENT_USER, workdir=workdir,
+                                      user=agent_user(), workdir=workdir,
                                       environment={str(k): str(v) for k, v in (env or {}).items()})["Id"]
             sock = api.exec_start(exec_id, socket=True)
             try:

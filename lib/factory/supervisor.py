@@ -8,7 +8,9 @@ re-queued once, without counting an attempt. A flock makes it the only superviso
 a repository. It sleeps in select() on a pipe that signals and child exits write to,
 waking every few seconds to look for new issues: idle, it costs next to nothing.
 
-Runtime files, under $FACTORY_STATE_DIR (default <git dir>/factory/):
+Runtime files (see paths.py), under $FACTORY_STATE_DIR (default <common git dir>/factory/),
+but for the lock, always on the common git dir, so that neither a linked worktree nor
+another state directory can start a second supervisor on the same repository:
     supervisor.lock   flock held while a supervisor runs; holds its pid
     supervisor.log    its output under --detach
     logs/<issue>.log  each agent's stderr;  logs/<issue>.run.json  its run JSON
@@ -32,6 +34,7 @@ from dataclasses import dataclass
 
 from datetime import datetime, timezone
 
+from . import paths
 from .gitstore import Repo
 from .issues import IssueStore
 
@@ -46,10 +49,6 @@ def _mtime(path: str) -> int:
         return os.stat(path).st_mtime_ns
     except FileNotFoundError:
         return 0
-
-
-def state_dir(repo: Repo) -> str:
-    return os.environ.get("FACTORY_STATE_DIR") or os.path.join(repo.git_dir, "factory")
 
 
 class AlreadyRunning(Exception):
@@ -82,7 +81,7 @@ class Supervisor:
         self.store = IssueStore(repo)
         self.out = out
         self.until_idle = until_idle
-        self.state = state_dir(repo)
+        self.state = paths.state_dir(repo)
         self.logs = os.path.join(self.state, "logs")
         self.agents: list[Agent] = []
         self.stopping: str | None = None      # None, "graceful" or "now"
@@ -100,7 +99,9 @@ class Supervisor:
 
     def lock(self) -> None:
         os.makedirs(self.logs, exist_ok=True)
-        path = os.path.join(self.state, "supervisor.lock")
+        # On the common git dir, whatever the worktree or FACTORY_STATE_DIR: one per repository.
+        path = paths.supervisor_lock(self.repo)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -121,11 +122,11 @@ class Supervisor:
         """Remove what dead agents left and re-queue their issues, once, uncounted."""
         from . import sandbox, workspace
         try:
-            sandbox.reap()
+            sandbox.reap(filters={"factory.repo": self.repo.common_dir})
         except sandbox.EngineUnavailable as e:
             self.say(f"warning: {e}")
-        workspace.reap()
-        alive = {o.get("issue") for o in workspace.live_owners()}
+        workspace.reap(self.repo)
+        alive = {o.get("issue") for o in workspace.live_owners(self.repo)}
         requeued = []
         for issue in self.store.all():
             claimer = issue.get("claimed_by") or ""
@@ -199,7 +200,7 @@ class Supervisor:
 
     def _slots(self):
         from .slots import Slots
-        root = os.environ.get("FACTORY_SLOTS_DIR") or os.path.join(self.repo.git_dir, "factory", "slots")
+        root = paths.slots_dir(self.repo)
         return Slots(root, self.cfg)
 
     def fill(self) -> None:
@@ -225,7 +226,7 @@ class Supervisor:
         self.agents.append(Agent(kind="worker", proc=proc))
 
     def _queue_may_have_changed(self) -> bool:
-        seen = tuple(_mtime(os.path.join(self.repo.git_dir, p)) for p in ("refs/factory/issues", "packed-refs"))
+        seen = tuple(_mtime(os.path.join(self.repo.common_dir, p)) for p in ("refs/factory/issues", "packed-refs"))
         if seen != self.queue_seen or self.work_waiting or time.time() >= self.recheck_at:
             self.queue_seen = seen
             self.recheck_at = time.time() + 60  # a backstop; not_before times bring it nearer
