@@ -13,6 +13,7 @@ demo dir="/tmp/factory-demo":
 
 # run the whole test suite (bats black-box pipes, then pytest; Docker tests included)
 test *args:
+    scripts/ensure-test-user
     bats tests/
     pytest {{args}}
 
