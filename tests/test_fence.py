@@ -113,7 +113,7 @@ def test_hidden_find_reveal_and_flag():
     found = hidden.find(text)
     assert set(found) == {"zero-width", "html-comment", "bidi", "fence-tag", "variation-selector"}
     assert hidden.reveal("a\u200bb\u00e9") == "a[U+200B]b\u00e9"
-    assert hidden.find("plain text, é and emoji \u2764") == {}
+    assert hidden.find("plain text, é and emoji \u2764, <comment>xml</comment>") == {}
     full = {"title": "x", "labels": [f"l{i}" for i in range(32)], "body": "\u200b"}
     flagged = hidden.flag_draft(full, 32)
     assert flagged["labels"][-1] == hidden.LABEL and len(flagged["labels"]) == 32

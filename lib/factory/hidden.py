@@ -26,7 +26,9 @@ import unicodedata
 LABEL = "hidden-content"
 
 HTML_COMMENT = re.compile(r"<!--[\s\S]*?(?:-->|\Z)")
-FENCE_TAG = re.compile(r"</?\s*(?:untrusted-issue|issue-text|issue-[0-9a-f]{6,}|comment)[\w-]*\b[^>]*>", re.IGNORECASE)
+# Our fence tags, with or without a nonce; a bare <comment> is ordinary XML, not ours.
+FENCE_TAG = re.compile(r"</?\s*(?:untrusted-issue[\w-]*|issue-text[\w-]*|comment-[0-9a-f]{6,})\b[^>]*>",
+                       re.IGNORECASE)
 # Characters outside printable ASCII, tab, CR and newline: the only candidates.
 _CANDIDATE = re.compile(r"[^\t\n\r\x20-\x7e]")
 
