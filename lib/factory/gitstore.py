@@ -177,6 +177,18 @@ class Repo:
             raise GitError(f"git merge-base failed: {p.stderr.decode(errors='replace').strip()}")
         return p.returncode == 0
 
+    def log_patches(self, base: str, head: str) -> bytes:
+        """The patches of the commits in base..head, oldest first, each introduced by a
+        line "\\0<commit id>" (a patch line never starts with NUL). Only the object store
+        is read: no replace objects, no external diff or textconv program (a repository's
+        config could name one), no signature check; binary files are shown as text, so
+        what they hold can be scanned; renames are found, so content that only moved is not
+        shown as new; a merge shows what differs from every parent (--cc)."""
+        return self.git("--no-replace-objects", "-c", "core.quotePath=false", "log", "--reverse",
+                        "--format=%x00%H", "-p", "--cc", "-M", "--text", "--root", "--no-ext-diff",
+                        "--no-textconv", "--no-color", "--no-relative", "--no-show-signature",
+                        "--src-prefix=a/", "--dst-prefix=b/", "--end-of-options", f"{base}..{head}", "--")
+
     # -- workspaces and bundles ----------------------------------------------------
     # The host runs git in an agent's workspace only before the agent has touched it
     # (the clone). Afterwards only a bundle file crosses back, read in the host's own

@@ -19,7 +19,7 @@ import os
 import re
 from datetime import datetime, timedelta, timezone
 
-from . import contracts
+from . import contracts, hidden
 from .contracts import ContractError, now_iso
 from .gitstore import NewCommit, RefConflict, Repo, retry_cas
 
@@ -183,6 +183,7 @@ class IssueStore:
                         existing.setdefault(i["fingerprint"], i)
             results, commits, new_issues = [], [], []
             for d in drafts:
+                d = hidden.flag_draft(d, contracts.MAX_LABELS)  # text a person cannot see gets a label they can
                 if dedupe and d["fingerprint"] and d["fingerprint"] in existing:
                     results.append((existing[d["fingerprint"]], False))
                     continue

@@ -36,7 +36,8 @@ def record(repo: Repo, run: dict, transcript: list, log_tail: str, redactor: Red
         "log-tail.txt": redactor.text(log_tail[-LOG_TAIL_BYTES:]).encode(),
     }
     parents = [work_commit] if work_commit else []
-    summary = f"run {run['run']}: {run['status']}" + (f" (issue {run['issue']})" if run.get("issue") else "")
+    summary = (f"run {run_clean['run']}: {run_clean['status']}"
+               + (f" (issue {run_clean['issue']})" if run_clean.get("issue") else ""))
     (oid,) = repo.write_commits([NewCommit(files, summary + "\n", parents=parents)])
     ref = RUNS_PREFIX + run["run"]
     repo.update_refs([(ref, oid, None)])
