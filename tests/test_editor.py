@@ -102,7 +102,12 @@ CASES = [
     case("path-an-int", {"command": "view", "path": 3}, ok=False, has=["`path` must be a string", "got a number: 3"]),
     case("path-missing", {"command": "view"}, ok=False, has=["`path` is missing"]),
     case("path-does-not-exist", {"command": "view", "path": "nope/none.py"}, ok=False,
-         has=["/workspace/repo/nope/none.py does not exist", "view /workspace/repo/nope"]),
+         has=["/workspace/repo/nope/none.py does not exist", "View /workspace/repo/nope"]),
+
+    case("repo-path-given-relative-again", {"command": "view", "path": "workspace/repo/rel.txt"}, ok=False,
+         has=["did you mean /workspace/repo/rel.txt?"]),
+    case("workspace-taken-for-repo", {"command": "view", "path": "/workspace/calc.py"}, ok=False,
+         has=["did you mean /workspace/repo/calc.py?"]),
 
     # -- view ----------------------------------------------------------------------
     case("view-directory", {"command": "view", "path": "listing"},
@@ -299,6 +304,12 @@ def test_restart_brings_the_shell_back_to_the_repository(agent):
     assert call(agent, {"command": "pwd"}, name="bash")[0] == "/tmp"
     call(agent, {"restart": True}, name="bash")
     assert call(agent, {"command": "pwd"}, name="bash")[0] == "/workspace/repo"
+
+
+@pytest.mark.docker
+def test_an_unknown_tool_names_the_tools(agent):
+    assert call(agent, {"command": "ls"}, name="shell") == \
+        ("there is no tool named 'shell'; the tools are bash, str_replace_based_edit_tool", True)
 
 
 class _Broken:

@@ -189,7 +189,8 @@ class Agent:
             elif name == "report_finding" and "report_finding" in {t["name"] for t in self.tools}:
                 text, is_error = self._finding(args)
             else:
-                text, is_error = f"there is no tool named {name!r}", True
+                text, is_error = (f"there is no tool named {name!r}; the tools are "
+                                  f"{', '.join(t['name'] for t in self.tools)}"), True
         except ContainerGone:
             raise
         except SandboxGone as e:
@@ -219,7 +220,7 @@ class Agent:
         command = args.get("command")
         if args.get("restart") in (True, "true", "True"):
             self.cwd = REPO_DIR
-            restarted = ("The shell was restarted: the working directory is /workspace/repo again. (Every call "
+            restarted = (f"The shell was restarted: the working directory is {REPO_DIR} again. (Every call "
                          "runs in a fresh bash anyway; only the directory carries over between calls.)")
             if not isinstance(command, str) or not command.strip():
                 return restarted, False

@@ -259,8 +259,15 @@ class Editor:
         if kind == "other":
             return f"{path} is not a regular file (a device, socket or pipe)"
         parent = posixpath.dirname(path)
-        return (f"{path} does not exist (relative paths are taken from {REPO_DIR}); view {parent} to "
-                "see what is there, or create the file")
+        guess = ""
+        # The two slips seen most: the repository's path given relative to it again, and
+        # the workspace taken for the repository.
+        if path.startswith(REPO_DIR + "/workspace/"):
+            guess = f"; did you mean {path[len(REPO_DIR):]}?"
+        elif path.startswith("/workspace/") and not path.startswith(REPO_DIR + "/"):
+            guess = f"; did you mean {REPO_DIR}{path[len('/workspace'):]}?"
+        return (f"{path} does not exist (relative paths are taken from {REPO_DIR}){guess} View {parent} to "
+                "see what is there, or create the file.")
 
 
 class Document:
