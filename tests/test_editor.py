@@ -93,7 +93,8 @@ CASES = [
     case("dotdot-inside-workspace", {"command": "create", "path": "../beside.txt", "file_text": "b\n"},
          has=["Created /workspace/beside.txt"]),
     case("dotdot-escapes", {"command": "view", "path": "../../etc/passwd"}, ok=False,
-         has=["resolves to /etc/passwd", "outside /workspace and /tmp", "relative paths are taken from /workspace/repo"]),
+         has=["resolves to /etc/passwd", "outside /workspace and /tmp",
+              "relative paths are taken from /workspace/repo"]),
     case("absolute-dotdot-escapes", {"command": "create", "path": "/workspace/repo/../../etc/x", "file_text": "x"},
          ok=False, has=["outside /workspace and /tmp"]),
     case("absolute-outside", {"command": "view", "path": "/etc/passwd"}, ok=False,
@@ -174,7 +175,8 @@ CASES = [
 
     # -- create --------------------------------------------------------------------
     case("create-over-existing", {"command": "create", "path": "c1.txt", "file_text": "new\ntext\n"},
-         files={"c1.txt": b"old\n"}, after={"c1.txt": b"new\ntext\n"}, has=["Overwrote /workspace/repo/c1.txt", "4 bytes"]),
+         files={"c1.txt": b"old\n"}, after={"c1.txt": b"new\ntext\n"},
+         has=["Overwrote /workspace/repo/c1.txt", "4 bytes"]),
     case("create-makes-parents", {"command": "create", "path": "c2/deeper/still/new.txt", "file_text": "n"},
          after={"c2/deeper/still/new.txt": b"n"}, has=["Created"]),
     case("create-no-text", {"command": "create", "path": "c3.txt"}, ok=False,

@@ -135,7 +135,8 @@ class Editor:
         self._write(path, data)
         lines = len(Document(data).lines)
         if kind == "file":
-            return (f"Overwrote {path}: it existed ({size} bytes) and now holds the new text ({_count(lines, 'line')}). "
+            return (f"Overwrote {path}: it existed ({size} bytes) and now holds the new text "
+                    f"({_count(lines, 'line')}). "
                     "To change part of a file, str_replace is safer; `git diff` shows what changed.")
         return f"Created {path} ({_count(lines, 'line')})."
 
@@ -328,7 +329,8 @@ def resolve(path) -> str:
                           + _got(path))
     p = path.strip()
     if not p:
-        raise EditorError(f"`path` is empty: give a file or directory, relative to {REPO_DIR} or absolute under {roots}")
+        raise EditorError(f"`path` is empty: give a file or directory, relative to {REPO_DIR} or absolute "
+                          f"under {roots}")
     if p.startswith("~"):
         raise EditorError(f"path {_shown(repr(path))}: `~` is not expanded here; give a path relative to "
                           f"{REPO_DIR} or absolute under {roots}")
