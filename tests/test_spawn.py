@@ -125,3 +125,29 @@ def test_an_adversary_finding_needs_a_reproduction(repo, tmp_path, tool_env):
     assert code == 0, err
     assert run["findings"] == [{**bare, "reproduction": "python3 test_calc.py"}]
     assert "needs a `reproduction`" in tool_results(api)[0]
+
+
+def test_a_model_that_uses_relative_paths_fixes_the_bug(repo, tmp_path, tool_env):
+    """As Anthropic's own examples call the editor: `view` of `.`, then `calc.py`."""
+    issue = file_issue(repo, tool_env)
+    edit = "str_replace_based_edit_tool"
+    script = [
+        tool_use(edit, {"command": "view", "path": "."}),
+        tool_use(edit, {"command": "view", "path": "calc.py"}),
+        tool_use(edit, {"command": "str_replace", "path": "calc.py", "old_str": "return a - b",
+                        "new_str": "return a + b"}),
+        text("add() adds now."),
+    ]
+    with ScriptedModel(script) as api:
+        code, run, err = spawn(repo, spawn_env(tool_env, api, tmp_path / "runs"), issue)
+    assert code == 0, err
+    assert run["status"] == "ok" and run["turns"] == 4
+    listing, view, edited = tool_results(api)
+    assert "/workspace/repo/calc.py" in listing and "/workspace/repo/intent/principles/" in listing
+    assert "/.git" not in listing
+    assert view == "     1\tdef add(a, b):\n     2\t    return a - b"
+    assert "     2\t    return a + b" in edited
+    branch = f"factory/{issue['id']}"
+    assert git(repo, "diff", "--stat", f"main..{branch}") == \
+        "calc.py | 2 +-\n 1 file changed, 1 insertion(+), 1 deletion(-)"
+    assert git(repo, "diff", f"main..{branch}").count("\n+    return a + b") == 1

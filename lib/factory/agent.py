@@ -14,10 +14,11 @@ import json
 import time
 from dataclasses import dataclass, field
 
+from . import editor
 from .model import ModelError, Usage, cost
 
 BASH_TOOL = {"type": "bash_20250124", "name": "bash"}
-EDITOR_TOOL = {"type": "text_editor_20250728", "name": "str_replace_based_edit_tool"}
+EDITOR_TOOL = editor.TOOL
 FINDING_TOOL = {
     "name": "report_finding",
     "description": "Report one finding: a difference between what the repository is meant to be and "
@@ -37,10 +38,9 @@ FINDING_TOOL = {
     },
 }
 
-REPO_DIR = "/workspace/repo"
+REPO_DIR = editor.REPO_DIR     # where the repository is checked out in the container
 TOOL_TIMEOUT_S = 300          # one bash call, at most (less when the wall budget is nearer)
 TOOL_OUTPUT_BYTES = 30_000    # what a tool result may carry back to the model
-VIEW_LINES = 2_000            # a file view shows at most this many lines
 STUCK_REPEATS = 3             # the same calls with the same results this many turns running
 CWD_MARK = "\x1efactory-cwd:"
 
@@ -90,6 +90,7 @@ class Agent:
         self.on_turn = on_turn
         self.cwd = REPO_DIR
         self.findings: list[dict] = []
+        self.editor = editor.Editor(sandbox)
 
     # -- the loop ------------------------------------------------------------------
 
@@ -175,20 +176,33 @@ class Agent:
     # -- tools ---------------------------------------------------------------------
 
     def _call(self, call: dict) -> dict:
-        name, args = call["name"], call.get("input") or {}
+        from .sandbox import SandboxGone
+        name, args = call["name"], call.get("input")
+        args = {} if args is None else args
         try:
+            if not isinstance(args, dict):
+                raise ToolInputError(f"the input of {name} must be an object of named parameters")
             if name == "bash":
                 text, is_error = self._bash(args)
             elif name == "str_replace_based_edit_tool":
-                text, is_error = self._edit(args)
+                text, is_error = self.editor(args), False
             elif name == "report_finding" and "report_finding" in {t["name"] for t in self.tools}:
                 text, is_error = self._finding(args)
             else:
-                text, is_error = f"there is no tool named {name!r}", True
+                text, is_error = (f"there is no tool named {name!r}; the tools are "
+                                  f"{', '.join(t['name'] for t in self.tools)}"), True
         except ContainerGone:
             raise
-        except ToolInputError as e:
+        except SandboxGone as e:
+            raise ContainerGone(f"the container is gone (killed from outside, or past its deadline): {e}")
+        except (ToolInputError, editor.EditorError) as e:
             text, is_error = str(e), True
+        except Exception as e:
+            # A failure of factory's own, not of the call: the model is told, the run goes on
+            # (a crash here would end it with nothing to show), and the log keeps the cause.
+            self.log(f"tool {name}: internal error: {type(e).__name__}: {e}")
+            text, is_error = (f"the tool failed inside factory ({type(e).__name__}: {e}); this is not a fault "
+                              "of your call. Try again, or another way (e.g. bash)."), True
         self.log(f"tool {name}: {'error' if is_error else 'ok'}")
         result = {"type": "tool_result", "tool_use_id": call["id"], "content": text or "(no output)"}
         if is_error:
@@ -203,12 +217,23 @@ class Agent:
             raise ContainerGone(f"the container is gone (killed from outside, or past its deadline): {e}")
 
     def _bash(self, args: dict):
-        if args.get("restart"):
-            self.cwd = REPO_DIR
-            return "the shell was restarted", False
         command = args.get("command")
-        if not isinstance(command, str) or not command.strip():
-            raise ToolInputError("bash needs a `command`")
+        if args.get("restart") in (True, "true", "True"):
+            self.cwd = REPO_DIR
+            restarted = (f"The shell was restarted: the working directory is {REPO_DIR} again. (Every call "
+                         "runs in a fresh bash anyway; only the directory carries over between calls.)")
+            if not isinstance(command, str) or not command.strip():
+                return restarted, False
+            text, is_error = self._bash({"command": command})
+            return restarted + "\n" + text, is_error
+        if command is None:
+            raise ToolInputError("bash needs `command`: a string, the shell command to run "
+                                 "(or `restart: true` to restart the shell)")
+        if not isinstance(command, str):
+            raise ToolInputError(f"bash's `command` must be a string, the shell command to run "
+                                 f"(got {type(command).__name__}: {str(command)[:60]})")
+        if not command.strip():
+            raise ToolInputError("bash's `command` is empty: give the shell command to run")
         remaining = self.deadline - time.monotonic()
         timeout = max(1.0, min(TOOL_TIMEOUT_S, remaining))
         # Each call is its own bash; carry the working directory over as a session would.
@@ -223,86 +248,6 @@ class Agent:
         if r.timed_out:
             return f"{output}\n[the command was stopped after {timeout:.0f} s]", True
         return (output + (f"\n[exit code {r.exit_code}]" if r.exit_code else "")).strip("\n"), bool(r.exit_code)
-
-    def _edit(self, args: dict):
-        from .sandbox import container_path
-        cmd, path = args.get("command"), args.get("path")
-        if not isinstance(path, str) or not path.startswith("/"):
-            raise ToolInputError("`path` must be an absolute path, such as /workspace/repo/src/main.py")
-        try:
-            path = container_path(path)
-        except ValueError as e:
-            raise ToolInputError(str(e))
-        if cmd == "view":
-            return self._view(path, args.get("view_range"))
-        if cmd == "create":
-            text = args.get("file_text")
-            if not isinstance(text, str):
-                raise ToolInputError("create needs `file_text`")
-            self._write(path, text)
-            return f"created {path}", False
-        if cmd == "str_replace":
-            old, new = args.get("old_str"), args.get("new_str", "")
-            if not isinstance(old, str) or not old:
-                raise ToolInputError("str_replace needs a non-empty `old_str`")
-            text = self._read(path)
-            count = text.count(old)
-            if count == 0:
-                return f"old_str was not found in {path}; nothing changed", True
-            if count > 1:
-                return f"old_str occurs {count} times in {path}; give more context to make it unique", True
-            self._write(path, text.replace(old, new or "", 1))
-            return f"edited {path}", False
-        if cmd == "insert":
-            line, new = args.get("insert_line"), args.get("new_str") or args.get("insert_text")
-            if not isinstance(line, int) or not isinstance(new, str):
-                raise ToolInputError("insert needs `insert_line` (a number) and `new_str`")
-            lines = self._read(path).splitlines(keepends=True)
-            if not 0 <= line <= len(lines):
-                return f"insert_line {line} is outside 0..{len(lines)}", True
-            if lines and not lines[-1].endswith("\n") and line == len(lines):
-                lines[-1] += "\n"
-            lines[line:line] = [new if new.endswith("\n") else new + "\n"]
-            self._write(path, "".join(lines))
-            return f"inserted at line {line} of {path}", False
-        raise ToolInputError(f"unknown command {cmd!r} (view, create, str_replace, insert)")
-
-    def _view(self, path: str, view_range):
-        r = self._exec(f"if [ -d {_quote(path)} ]; then find {_quote(path)} -maxdepth 2 -not -path '*/.git/*' "
-                       f"-not -name .git | sort | head -500; else echo __file__; fi", 30)
-        if r.output.strip() != "__file__":
-            return r.output, bool(r.exit_code)
-        lines = self._read(path).splitlines()
-        start, end = 1, len(lines)
-        if view_range:
-            if (not isinstance(view_range, list) or len(view_range) != 2
-                    or not all(isinstance(n, int) for n in view_range)):
-                raise ToolInputError("view_range must be [first_line, last_line] (last may be -1)")
-            start = max(1, view_range[0])
-            end = len(lines) if view_range[1] == -1 else min(len(lines), view_range[1])
-        shown = lines[start - 1:end][:VIEW_LINES]
-        text = "\n".join(f"{n:6}\t{line}" for n, line in enumerate(shown, start=start))
-        if end - start + 1 > VIEW_LINES:
-            text += f"\n[showing {VIEW_LINES} lines; use view_range for the rest]"
-        return text or "(empty file)", False
-
-    def _read(self, path: str) -> str:
-        from .sandbox import SandboxError, SandboxGone
-        try:
-            return self.sandbox.read_file(path, max_bytes=4 << 20).decode("utf-8", errors="replace")
-        except SandboxGone as e:
-            raise ContainerGone(f"the container is gone: {e}")
-        except (SandboxError, ValueError) as e:
-            raise ToolInputError(f"cannot read {path}: {e}")
-
-    def _write(self, path: str, text: str) -> None:
-        from .sandbox import SandboxError, SandboxGone
-        try:
-            self.sandbox.write_file(path, text.encode())
-        except SandboxGone as e:
-            raise ContainerGone(f"the container is gone: {e}")
-        except (SandboxError, ValueError) as e:
-            raise ToolInputError(f"cannot write {path}: {e}")
 
     def _finding(self, args: dict):
         missing = [k for k in ("title", "body", "severity", "fingerprint") if not isinstance(args.get(k), str)]
