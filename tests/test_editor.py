@@ -1,15 +1,13 @@
 """The agent's tools against a real container, driven through Agent._call as the loop
 drives them: the editor (paths, views, edits, line endings, bytes that are not UTF-8,
 malformed input) and the bash tool's restart. One container serves the whole module;
-each case has files of its own, written and checked on the host through the bind mount,
-so a case costs one or two execs."""
+each case has files of its own, written and read back through the sandbox's own file
+calls, so a case costs a few execs."""
 
 from __future__ import annotations
 
 import os
 import secrets
-import shutil
-import tempfile
 
 import pytest
 
@@ -25,16 +23,14 @@ EDIT = "str_replace_based_edit_tool"
 
 @pytest.fixture(scope="module")
 def box():
-    """(sandbox, host path of /workspace): one container for the module."""
-    ws = tempfile.mkdtemp(prefix="factory-test-editor-")
-    os.mkdir(os.path.join(ws, "repo"))
-    sb = Sandbox.start(images.ensure_image(TEST_RECIPE), ws, labels={"factory.test": RUN}, cpus=1.0,
-                       memory="256m", pids=64, tmp_size="16m", deadline_s=300)
+    """(sandbox, sandbox): one container for the module, with an empty /workspace/repo."""
+    sb = Sandbox.start(images.ensure_image(TEST_RECIPE), labels={"factory.test": RUN}, cpus=1.0,
+                       memory="256m", pids=64, tmp_size="16m", disk="64m", deadline_s=300)
     try:
-        yield sb, ws
+        sb.exec("mkdir -p /workspace/repo", timeout=10)
+        yield sb, sb
     finally:
         sb.remove()
-        shutil.rmtree(ws, ignore_errors=True)
         assert not sandbox.list_containers({"factory.test": RUN}), "a container was left behind"
 
 
@@ -44,25 +40,17 @@ def agent(box):
                  budgets=Budgets(turns=10, tokens=10**6, cost_usd=1.0, wall_seconds=600))
 
 
-def put(ws, rel, data: bytes):
-    """A file in the repository as the agent would find it: its directories the agent's."""
-    full = os.path.join(ws, "repo", rel)
-    d = os.path.dirname(full)
-    os.makedirs(d, exist_ok=True)
-    while d != ws:
-        os.chown(d, 1000, 1000)
-        d = os.path.dirname(d)
-    with open(full, "wb") as f:
-        f.write(data)
-    os.chown(full, 1000, 1000)
+def put(sb, rel, data: bytes):
+    """A file in the repository as the agent would find it (the agent's own)."""
+    sb.write_file("/workspace/repo/" + rel, data)
 
 
-def host(ws, rel) -> bytes | None:
-    full = os.path.join(ws, "repo", rel)
-    if not os.path.exists(full):
+def host(sb, rel) -> bytes | None:
+    """The file's bytes as they are in the container, None when there is none."""
+    try:
+        return sb.read_file("/workspace/repo/" + rel)
+    except FileNotFoundError:
         return None
-    with open(full, "rb") as f:
-        return f.read()
 
 
 def call(agent, input, name=EDIT) -> tuple[str, bool]:
@@ -259,10 +247,9 @@ def test_editor(box, agent, files, input, ok, has, lacks, after, equals):
 
 @pytest.mark.docker
 def test_dotdot_inside_the_workspace_lands_there(box, agent):
-    # The table's case says it was created; this one looks on the host.
+    # The table's case says it was created; this one looks where it went.
     call(agent, {"command": "create", "path": "../beside2.txt", "file_text": "b\n"})
-    with open(os.path.join(box[1], "beside2.txt"), "rb") as f:
-        assert f.read() == b"b\n"
+    assert box[0].read_file("/workspace/beside2.txt") == b"b\n"
 
 
 @pytest.mark.docker

@@ -166,6 +166,13 @@ def test_a_second_supervisor_refuses_to_start(repo, env):
                  ["supervisor"]["running"])
         second = run_tool(["factory", "start"], cwd=repo, env=env)
         assert second.returncode == 3 and "already runs" in second.stderr
+        # nor from a linked worktree of the same repository, nor with a state dir of its own
+        worktree = repo.parent / "wt"
+        git(repo, "worktree", "add", "-q", str(worktree))
+        third = run_tool(["factory", "start"], cwd=worktree, env=env)
+        assert third.returncode == 3 and "already runs" in third.stderr, third.stderr
+        fourth = run_tool(["factory", "start"], cwd=repo, env=dict(env, FACTORY_STATE_DIR=str(repo.parent / "st")))
+        assert fourth.returncode == 3 and "already runs" in fourth.stderr, fourth.stderr
     finally:
         assert run_tool(["factory", "stop"], cwd=repo, env=env, timeout=120).returncode == 0
         p.wait(timeout=30)

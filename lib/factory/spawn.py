@@ -72,7 +72,9 @@ class ModelWarmup(threading.Thread):
 
     def run(self):
         try:
+            from . import redact
             from .model import Model
+            redact.detectors()  # the secret detectors load once, off the critical path too
             self.model = Model(self.name_, self.max_tokens)
         except Exception as e:  # raised again in the caller's thread by get()
             self.error = e
@@ -388,14 +390,16 @@ def _harvest(repo: Repo, sb, ws, base: str, run_id: str, harvest_cfg: dict, log)
 
 def _secrets_in(repo: Repo, base: str, commit: str) -> list[str]:
     """Where the agent's new commits add something secret-shaped, as `TYPE in PATH:LINE`."""
-    try:
-        from .secretscan import scan_commits
-    except ImportError:  # pragma: no cover - the scanner ships with factory
-        return []
+    from .secretscan import scan_commits
     out = []
     for f in scan_commits(repo, base, commit):
-        where = f"{f['path']}:{f['line']}" if f.get("path") else "a commit message"
-        out.append(f"{f['type']} in {where} of {f['commit'][:12]}")
+        if f["where"] == "message":
+            where = "its message"
+        elif f["where"] == "name":
+            where = f"the name of {f['path']}"
+        else:
+            where = f"{f['path']}:{f['line']}"
+        out.append(f"{f['type']} in {where}, commit {f['commit'][:12]}")
     return out
 
 
