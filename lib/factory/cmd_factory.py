@@ -154,7 +154,7 @@ def status(as_json):
         "supervisor": {"running": bool(_supervisor_pid(repo)), "pid": _supervisor_pid(repo)},
         "slots": _slot_status(repo, cfg),
         "issues": {"total": len(issues), "ready": len(store.ready(issues)), "by_state": by_state},
-        "agents": _agents(),
+        "agents": _agents(repo),
     }
     healthy = cfg_state["ok"] and report["engine"]["ok"]
     if as_json:
@@ -412,7 +412,7 @@ def _slot_status(repo, cfg) -> dict:
             "kinds": {k: {"size": v["size"], "used": v["used"]} for k, v in st["kinds"].items()}}
 
 
-def _agents() -> list[dict]:
+def _agents(repo) -> list[dict]:
     """Agents running on this host: issue, run, age, progress so far."""
     import time
     from .workspace import live_owners
