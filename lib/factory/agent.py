@@ -75,9 +75,15 @@ class ContainerGone(Exception):
     pass
 
 
+class ToolsUnavailable(Exception):
+    """The tools cannot run at all (the checkout they work on could not be made): the
+    run ends as an error, not as the model's failure."""
+
+
 class Agent:
     def __init__(self, model, sandbox, *, kind: str, system: list[dict], budgets: Budgets,
-                 started: float | None = None, log=lambda msg: None, on_turn=lambda outcome: None):
+                 started: float | None = None, log=lambda msg: None, on_turn=lambda outcome: None,
+                 before_tools=None):
         self.model = model
         self.sandbox = sandbox
         self.kind = kind
@@ -91,6 +97,9 @@ class Agent:
         self.cwd = REPO_DIR
         self.findings: list[dict] = []
         self.editor = editor.Editor(sandbox)
+        # Called once before the first tool runs: the checkout is made while the first
+        # model request is on its way, off the critical path (may raise ToolsUnavailable).
+        self.before_tools = before_tools
 
     # -- the loop ------------------------------------------------------------------
 
@@ -129,9 +138,15 @@ class Agent:
                     out.status, out.reason = "ok", _text_of(reply.content)[:2000] or "the agent finished"
                 break
             try:
+                if self.before_tools is not None:
+                    ready, self.before_tools = self.before_tools, None
+                    ready()
                 results = [self._call(c) for c in calls]
             except ContainerGone as e:
                 out.status, out.reason = "failed", str(e)
+                break
+            except ToolsUnavailable as e:
+                out.status, out.reason = "error", str(e)
                 break
             messages.append({"role": "user", "content": results})
             signature = json.dumps([[c["name"], c["input"]] for c in calls] +

@@ -105,7 +105,7 @@ def run_task(task: dict, repo: Repo, cfg: dict, *, log: Log, run_id: str | None 
     """Run one task to its end; return the run JSON (already recorded in git). `warm`:
     a ModelWarmup the caller started as early as it could."""
     from . import images, sandbox
-    from .agent import Agent, Budgets
+    from .agent import Agent, Budgets, ToolsUnavailable
     from .workspace import Workspace, WorkspaceError
 
     run_id = run_id or runs.new_run_id()
@@ -156,7 +156,7 @@ def run_task(task: dict, repo: Repo, cfg: dict, *, log: Log, run_id: str | None 
             cpus=res["cpus"], memory=res["memory"], pids=res["pids"], tmp_size=res["tmp"], disk=res["disk"],
             deadline_s=int(wall + HARVEST_GRACE_S), name=f"factory-{run_id}")
         run["container"] = sb.name
-        _check_out(sb, base, branch, cfg["harvest"]["exclude"])
+        checkout = _Background(_check_out, sb, base, branch, cfg["harvest"]["exclude"])
         run["timings"]["container_ready_s"] = round(time.monotonic() - t0, 3)
         layer = intent.layer_text(repo.read_tree(base, intent.INTENT_DIR + "/"))
         system = intent.system_prompt(roles.instructions(kind), layer)
@@ -166,8 +166,10 @@ def run_task(task: dict, repo: Repo, cfg: dict, *, log: Log, run_id: str | None 
                       on_turn=lambda o: ws.write_progress({"turns": o.turns, "tokens": o.usage.total_tokens,
                                                            "cost_usd": round(o.cost_usd, 6)}),
                       budgets=Budgets(turns=budgets_cfg["turns"], tokens=budgets_cfg["tokens"],
-                                      cost_usd=budgets_cfg["cost_usd"], wall_seconds=wall))
+                                      cost_usd=budgets_cfg["cost_usd"], wall_seconds=wall),
+                      before_tools=checkout.wait)
         outcome = agent.run(roles.first_message({**task, "issue": issue}))
+        checkout.wait()  # a run whose model called no tool still needs it for the harvest
         transcript = outcome.transcript
         run.update(status=outcome.status, reason=outcome.reason, turns=outcome.turns,
                    usage=outcome.usage.to_dict(), cost_usd=round(outcome.cost_usd, 6),
@@ -189,7 +191,8 @@ def run_task(task: dict, repo: Repo, cfg: dict, *, log: Log, run_id: str | None 
                 run["status"], run["reason"] = "failed", "the agent finished without changing anything"
     except KeyboardInterrupt:
         run["status"], run["reason"] = "error", "interrupted by a signal"
-    except (sandbox.SandboxError, sandbox.EngineUnavailable, images.ImageError, WorkspaceError, GitError) as e:
+    except (sandbox.SandboxError, sandbox.EngineUnavailable, images.ImageError, WorkspaceError, GitError,
+            ToolsUnavailable) as e:
         run["status"], run["reason"] = "error", str(e)
     except Exception as e:
         from .model import ModelError
@@ -346,11 +349,32 @@ g bundle create -q - "$base..refs/heads/result"
 
 
 def _check_out(sb, base: str, branch: str, excludes: list[str]) -> None:
-    from . import sandbox
+    from .agent import ToolsUnavailable
     r = sb.exec(f"bash -c {_sq(CHECKOUT_SCRIPT)} checkout {_sq(branch)} {base} {_sq(chr(10).join(excludes))}",
                 timeout=300, workdir="/workspace")
     if r.exit_code != 0:
-        raise sandbox.SandboxError(f"could not check out {base[:12]} in the container: {r.output.strip()[-500:]}")
+        raise ToolsUnavailable(f"could not check out {base[:12]} in the container: {r.output.strip()[-500:]}")
+
+
+class _Background(threading.Thread):
+    """fn(*args) in a thread; wait() joins it and raises what it raised, once."""
+
+    def __init__(self, fn, *args):
+        super().__init__(daemon=True)
+        self.fn, self.args, self.error = fn, args, None
+        self.start()
+
+    def run(self):
+        try:
+            self.fn(*self.args)
+        except BaseException as e:  # raised again in the caller's thread
+            self.error = e
+
+    def wait(self):
+        self.join()
+        if self.error is not None:
+            error, self.error = self.error, None
+            raise error
 
 
 def _sq(s: str) -> str:
