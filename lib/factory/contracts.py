@@ -30,6 +30,7 @@ SOURCE_RE = re.compile(r"^(human|(sensor|adversary|peer):[A-Za-z0-9][A-Za-z0-9._
 LABEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/+-]{0,63}$")
 ID_RE = re.compile(r"^[0-9a-f]{12}$")
 ID_PREFIX_RE = re.compile(r"^[0-9a-f]{1,12}$")
+RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 
 # Fields an issue carries that only the store sets. `factory-issue show X | factory-issue file`
 # copies an issue, so on input they are ignored rather than refused.
@@ -178,6 +179,8 @@ def validate_draft(obj) -> dict:
     for k in DRAFT_FIELDS:
         if k in obj:
             draft[k] = _field(k, obj[k])
+    if "trust" not in obj and draft["source"].startswith("peer:"):
+        draft["trust"] = "untrusted"  # a peer's issue is trusted only where someone says so
     return draft
 
 
@@ -196,9 +199,7 @@ def validate_patch(obj) -> dict:
         if k in ("add_labels", "remove_labels"):
             patch[k] = _labels(k, v)
         elif k == "add_runs":
-            if not isinstance(v, list) or not all(isinstance(r, str) and r for r in v):
-                raise ContractError(k, "must be a list of run ids")
-            patch[k] = v
+            patch[k] = _run_ids(k, v)
         elif k in PATCH_FIELDS:
             patch[k] = _field(k, v)
         else:
@@ -207,8 +208,48 @@ def validate_patch(obj) -> dict:
     return patch
 
 
+def _run_ids(field: str, value) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(r, str) and RUN_ID_RE.match(r) for r in value):
+        raise ContractError(field, "must be a list of run ids (letters, digits, . _ : -; at most 128)")
+    return value
+
+
 def validate_comment(text) -> str:
     return _text("comment", text, max_bytes=MAX_COMMENT_BYTES, empty_ok=False)
+
+
+# -- an issue as stored -------------------------------------------------------------------
+
+# What every reader (list, next, show, factory status, the supervisor) relies on, by type.
+_STORED_TYPES = {
+    "title": str, "body": str, "state": str, "kind": str, "labels": list, "priority": int,
+    "source": str, "trust": str, "depends_on": list, "attempts": int, "runs": list,
+    "comments": list, "created": str, "updated": str,
+    "fingerprint": (str, type(None)), "branch": (str, type(None)), "claimed_by": (str, type(None)),
+    "not_before": (str, type(None)),
+}
+
+
+def check_stored_issue(obj, issue_id: str) -> str | None:
+    """Why a stored issue cannot be used as one, or None. Cheap enough to run on every
+    issue `list` reads: it checks types and choices, not sizes."""
+    if not isinstance(obj, dict):
+        return f"issue.json holds a {type(obj).__name__}, not an object"
+    if obj.get("id") != issue_id:
+        return f"issue.json's id {obj.get('id')!r} is not the ref's {issue_id}"
+    for k, t in _STORED_TYPES.items():
+        if k not in obj:
+            return f"issue.json lacks {k}"
+        if not isinstance(obj[k], t) or (t is int and isinstance(obj[k], bool)):
+            return f"issue.json's {k} is {obj[k]!r}"
+    for k, choices in (("state", STATES), ("kind", KINDS), ("trust", TRUST_LEVELS)):
+        if obj[k] not in choices:
+            return f"issue.json's {k} {obj[k]!r} is not one of {', '.join(choices)}"
+    if not all(isinstance(x, str) for x in obj["labels"] + obj["depends_on"]):
+        return "issue.json's labels and depends_on must hold strings"
+    if len(obj["labels"]) > MAX_LABELS:
+        return f"issue.json has {len(obj['labels'])} labels; at most {MAX_LABELS} are allowed"
+    return None
 
 
 # -- task (input to factory-spawn) -------------------------------------------------------
@@ -240,6 +281,10 @@ def validate_task(obj) -> dict:
     for key in ("ref", "target", "model"):
         if key in obj:
             task[key] = _text(key, obj[key], max_chars=255, single_line=True, empty_ok=False)
+            if key != "model" and (task[key].startswith("-") or re.search(r"[\x00-\x1f\x7f]", task[key])):
+                # a rev reaches git: one that starts with '-' would be read as an option
+                raise ContractError(key, f"{task[key]!r} is not a rev (a branch, tag or commit; "
+                                         "it may not start with '-' or hold control characters)")
     budgets = obj.get("budgets", {})
     if not isinstance(budgets, dict):
         raise ContractError("budgets", "must be an object such as {\"turns\": 20}")
