@@ -394,3 +394,29 @@ def test_no_stored_data_makes_the_readers_crash(git_repo, tool_env):
     status = run_tool(["factory", "status", "--json"], cwd=git_repo, env=tool_env)
     assert "Traceback" not in status.stderr and json.loads(status.stdout)["issues"]["total"] == 1
     assert "git update-ref -d" in status.stderr
+
+
+def test_histories_too_long_or_too_big_to_check_are_refused_unread(git_repo, peer, tool_env):
+    from factory import peerdata
+    good = jl(fi(["file"], peer, tool_env, input='{"title": "small"}\n').stdout)[0]
+    # too many commits: a chain of empty-message commits past the limit, by fast-import
+    long_id, n = new_id(), peerdata.MAX_ISSUE_COMMITS + 1
+    stream = [f"reset refs/factory/issues/{long_id}\n"]
+    for k in range(n):
+        stream.append(f"commit refs/factory/issues/{long_id}\nmark :{k + 1}\n"
+                      f"committer m <m@m> {1700000000 + k} +0000\ndata 2\nx\n"
+                      + (f"from :{k}\n" if k else "") + "\n")
+    subprocess.run(["git", "-C", str(peer), "fast-import", "--quiet"], input="".join(stream).encode(), check=True)
+    # too many bytes: commits each under the size limit, together over the history limit
+    big_id, tip = new_id(), None
+    per = peerdata.MAX_COMMIT_BYTES - 4096
+    for _ in range(peerdata.MAX_HISTORY_BYTES // per + 1):
+        tip = commit(peer, "x" * per + "\n", b"{}", [tip] if tip else [])
+    git(peer, "update-ref", PREFIX + big_id, tip)
+    before = refs(git_repo, PREFIX)
+    r, merged, skipped = pull(git_repo, tool_env, peer)
+    assert r.returncode == 1
+    assert f"more than {peerdata.MAX_ISSUE_COMMITS} commits" in skipped[PREFIX + long_id]
+    assert f"more than {peerdata.MAX_HISTORY_BYTES} bytes" in skipped[PREFIX + big_id]
+    assert [m["id"] for m in merged if m["merge"] == "new"] == [good["id"]]
+    assert set(refs(git_repo, PREFIX)) == set(before) | {PREFIX + good["id"]}

@@ -178,15 +178,17 @@ class Repo:
                 results.append(None)
         return results
 
-    def rev_list(self, tips: list[str], *, max_count: int) -> list[str]:
-        """The commits reachable from tips (object ids), at most max_count of them."""
+    def rev_list(self, tips: list[str], *, max_count: int) -> dict[str, list[str]]:
+        """commit -> parents for the commits reachable from tips (object ids), at most
+        max_count of them; the graph only, no commit is read whole."""
         if not tips:
-            return []
+            return {}
         for t in tips:
             if not re.fullmatch(r"[0-9a-f]{40}|[0-9a-f]{64}", t):
                 raise UnsafeArgument(f"rev_list takes object ids, not {t!r}")
-        out = self.git("rev-list", f"--max-count={max_count}", "--stdin", input=("\n".join(tips) + "\n").encode())
-        return out.decode().split()
+        out = self.git("rev-list", "--parents", f"--max-count={max_count}", "--stdin",
+                       input=("\n".join(tips) + "\n").encode())
+        return {ids[0]: ids[1:] for ids in (line.split() for line in out.decode().splitlines()) if ids}
 
     def log_messages(self, *revs: str) -> list[tuple[str, list[str], str]]:
         """(commit, parents, message) for every commit reachable from revs, newest first."""

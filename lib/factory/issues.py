@@ -428,6 +428,10 @@ class IssueStore:
                 plans.append((ref, h.tip, mine, h.issue, "fast-forward"))
             else:
                 issue = fold(list({**o.events, **h.events}.values()))
+                problem = contracts.check_stored_issue(issue, issue_id)
+                if problem:  # each side alone was fine; together they are not (say, too many labels)
+                    refuse(issue_id, f"merged with ours it would not be a valid issue: {problem}")
+                    continue
                 commits.append(NewCommit({ISSUE_FILE: _issue_blob(issue)}, f"merge {issue_id}\n",
                                          parents=[mine, h.tip]))
                 plans.append((ref, len(commits) - 1, mine, issue, "merged"))

@@ -12,12 +12,13 @@ could have written itself:
 - event times never go backwards along parent links (git-bug's rule: a history that
   breaks the order is refused, not repaired), and none lies more than
   MAX_CLOCK_SKEW_SECONDS in our future;
-- at most MAX_ISSUE_COMMITS commits, each at most MAX_COMMIT_BYTES;
+- at most MAX_ISSUE_COMMITS commits, each at most MAX_COMMIT_BYTES, together at most
+  MAX_HISTORY_BYTES (sizes are asked before anything is read);
 - the tip's issue.json is exactly the fold of the events (compared by object id, so
   a huge issue.json is never read).
 
-Reading is batched: one rev-list, one cat-file --batch-check and one cat-file --batch for
-however many issues, as the rest of the store does.
+Reading is batched: one rev-list, two cat-file --batch-check and one cat-file --batch per
+READ_BATCH_BYTES for however many issues, as the rest of the store does.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ MAX_ISSUE_COMMITS = 10_000       # events and merges in one issue's history
 # The largest event: a body of MAX_BODY_BYTES, JSON-escaped (up to 6 bytes a byte), plus
 # the commit's headers and the rest of the event.
 MAX_COMMIT_BYTES = contracts.MAX_BODY_BYTES * 6 + 64 * 1024
+MAX_HISTORY_BYTES = 16 << 20     # all commits of one issue: what one issue may cost to check
+READ_BATCH_BYTES = 64 << 20      # commits read into memory at once during a pull
 
 EVENT_ID_RE = re.compile(r"^[0-9a-f]{16}$")
 TIME_RE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$")
@@ -170,28 +173,70 @@ def read_histories(repo: Repo, tips: dict[str, str], *, now: datetime | None = N
             out[issue_id] = Rejected(f"points at a {info[1] if info else 'missing object'}, not a commit")
         else:
             walk[issue_id] = tip
-    listed = repo.rev_list(sorted(set(walk.values())), max_count=len(walk) * (MAX_ISSUE_COMMITS + 1))
+    graph = repo.rev_list(sorted(set(walk.values())), max_count=len(walk) * (MAX_ISSUE_COMMITS + 1))
+    listed = list(graph)
     sizes = dict(zip(listed, repo.cat_batch_check(listed)))
-    small = [c for c in listed if sizes[c] and sizes[c][2] <= MAX_COMMIT_BYTES]
-    raw = dict(zip(small, repo.cat_batch(small)))
     blobs = dict(zip(walk, repo.cat_batch_check([f"{tip}:issue.json" for tip in walk.values()])))
-    for issue_id, tip in walk.items():
-        try:
-            h = _history(issue_id, tip, sizes, raw, latest)
-            h.issue = fold(list(h.events.values()))
-            problem = contracts.check_stored_issue(h.issue, issue_id)
-            if problem:
-                raise Rejected(f"the fold of its events is not a valid issue: {problem}")
-            blob = blobs[issue_id]
-            if blob is None or blob[1] != "blob" or blob[0] != blob_id(issue_blob(h.issue), blob[0]):
-                raise Rejected("its issue.json is not the fold of its events")
-            out[issue_id] = h
-        except Rejected as e:
-            out[issue_id] = e
+    # Sizes are known before anything is read: an issue too big to check is refused
+    # unread, and the rest are read a bounded number of bytes at a time.
+    batch: list[tuple[str, list[str]]] = []
+    batch_bytes = 0
+    for issue_id, tip in list(walk.items()) + [(None, None)]:
+        if issue_id is not None:
+            try:
+                closure = _closure(tip, graph, sizes)
+            except Rejected as e:
+                out[issue_id] = e
+                continue
+            batch.append((issue_id, closure))
+            batch_bytes += sum(sizes[c][2] for c in closure)
+            if batch_bytes < READ_BATCH_BYTES:
+                continue
+        commits = sorted({c for _, closure in batch for c in closure})
+        raw = dict(zip(commits, repo.cat_batch(commits)))
+        for bid, _ in batch:
+            out[bid] = _checked(bid, walk[bid], raw, blobs[bid], latest, fold, issue_blob)
+        batch, batch_bytes = [], 0
     return out
 
 
-def _history(issue_id: str, tip: str, sizes: dict, raw: dict, latest: str) -> History:
+def _closure(tip: str, graph: dict, sizes: dict) -> list[str]:
+    """The commits of one issue's history, refused when too many or too big to read."""
+    seen, stack, total = set(), [tip], 0
+    while stack:
+        c = stack.pop()
+        if c in seen:
+            continue
+        if len(seen) >= MAX_ISSUE_COMMITS or c not in graph:
+            raise Rejected(f"its history has more than {MAX_ISSUE_COMMITS} commits")
+        info = sizes.get(c)
+        if info is None or info[1] != "commit":
+            raise Rejected(f"{c[:12]} in its history is not a commit")
+        if info[2] > MAX_COMMIT_BYTES:
+            raise Rejected(f"commit {c[:12]} is {info[2]} bytes; at most {MAX_COMMIT_BYTES} are allowed")
+        total += info[2]
+        if total > MAX_HISTORY_BYTES:
+            raise Rejected(f"its history is more than {MAX_HISTORY_BYTES} bytes")
+        seen.add(c)
+        stack.extend(graph[c])
+    return list(seen)
+
+
+def _checked(issue_id, tip, raw, blob, latest, fold, issue_blob) -> History | Rejected:
+    try:
+        h = _history(issue_id, tip, raw, latest)
+        h.issue = fold(list(h.events.values()))
+        problem = contracts.check_stored_issue(h.issue, issue_id)
+        if problem:
+            raise Rejected(f"the fold of its events is not a valid issue: {problem}")
+        if blob is None or blob[1] != "blob" or blob[0] != blob_id(issue_blob(h.issue), blob[0]):
+            raise Rejected("its issue.json is not the fold of its events")
+        return h
+    except Rejected as e:
+        return e
+
+
+def _history(issue_id: str, tip: str, raw: dict, latest: str) -> History:
     h = History(issue_id, tip)
     event_of: dict[str, dict | None] = {}
     roots = []
@@ -200,11 +245,8 @@ def _history(issue_id: str, tip: str, sizes: dict, raw: dict, latest: str) -> Hi
         c = stack.pop()
         if c in h.commits:
             continue
-        if len(h.commits) >= MAX_ISSUE_COMMITS or c not in sizes:
-            raise Rejected(f"its history has more than {MAX_ISSUE_COMMITS} commits")
-        if raw.get(c) is None:
-            size = sizes[c][2] if sizes[c] else 0
-            raise Rejected(f"commit {c[:12]} is {size} bytes; at most {MAX_COMMIT_BYTES} are allowed")
+        if raw.get(c) is None:  # _closure read every commit of the history
+            raise Rejected(f"commit {c[:12]} of its history could not be read")
         _, kind, data = raw[c]
         if kind != "commit":
             raise Rejected(f"{c[:12]} is a {kind}, not a commit")
