@@ -26,6 +26,7 @@ from .gitstore import NewCommit, RefConflict, Repo, check_remote, retry_cas
 
 ISSUES_PREFIX = "refs/factory/issues/"
 ISSUE_FILE = "issue.json"
+INCOMING_PREFIX = "refs/factory/incoming/"  # a pull's fetch lands here, never in ISSUES_PREFIX
 
 
 class IssueError(Exception):
@@ -368,7 +369,7 @@ class IssueStore:
                     result.rejected.append((name, f"points at a {kind}, not a commit"))
                 else:
                     theirs[issue_id] = oid
-            checked = peerdata.read_histories(self.repo, theirs, fold=fold, issue_blob=_issue_blob)
+            checked = peerdata.read_histories(self.repo, theirs)
             for issue_id, h in sorted(checked.items()):
                 if isinstance(h, peerdata.Rejected):
                     result.rejected.append((ISSUES_PREFIX + issue_id, str(h)))
@@ -385,7 +386,7 @@ class IssueStore:
         refused: list[tuple[str, str]] = []
         ours_tips = {ref[len(ISSUES_PREFIX):]: oid for ref, oid in self.repo.refs(ISSUES_PREFIX).items()}
         differ = {i: ours_tips[i] for i, h in theirs.items() if i in ours_tips and ours_tips[i] != h.tip}
-        ours = peerdata.read_histories(self.repo, differ, fold=fold, issue_blob=_issue_blob)
+        ours = peerdata.read_histories(self.repo, differ)
         plans, commits, done = [], [], []
 
         def refuse(issue_id, why):
@@ -400,16 +401,18 @@ class IssueStore:
             if isinstance(o, peerdata.Rejected):
                 refuse(issue_id, f"our own history of it is damaged ({o}); repair or remove {ref} first")
                 continue
-            new = [e for e in h.events.values() if o is None or e["id"] not in o.events]
             if o is not None and o.filed["id"] != h.filed["id"]:
                 refuse(issue_id, "it is another issue than ours under the same id (its filed event differs)")
                 continue
             if not trusted:
-                sets = [e for e in new if e["type"] == "set" and set(e["fields"]) & set(peerdata.TRUST_FIELDS)]
-                if sets:
-                    refuse(issue_id, f"event {sets[0]['id']} changes {'/'.join(sorted(set(sets[0]['fields']) & set(peerdata.TRUST_FIELDS)))}, "
-                                     "which only this repository's own people may do (pull with --trusted "
-                                     "from a clone of your own people)")
+                novel = [e for e in h.events.values() if o is None or e["id"] not in o.events]
+                grabs = [(e["id"], sorted(set(e["fields"]) & set(peerdata.TRUST_FIELDS)))
+                         for e in novel if e["type"] == "set"]
+                grabs = [(eid, fields) for eid, fields in grabs if fields]
+                if grabs:
+                    refuse(issue_id, f"event {grabs[0][0]} changes {' and '.join(grabs[0][1])}, which only "
+                                     "this repository's own people may do (from a clone of your own people: "
+                                     "pull --trusted)")
                     continue
             if o is None:
                 issue, how, parent = h.issue, "new", h.tip
@@ -451,9 +454,6 @@ class IssueStore:
                 stale[ref] = oid
         if stale:
             self.repo.delete_refs(stale)
-
-
-INCOMING_PREFIX = "refs/factory/incoming/"  # a pull's fetch lands here, never in ISSUES_PREFIX
 
 
 class PullResult:

@@ -155,11 +155,9 @@ def blob_id(data: bytes, like: str) -> str:
 
 # -- whole histories -------------------------------------------------------------------
 
-def read_histories(repo: Repo, tips: dict[str, str], *, now: datetime | None = None,
-                   fold, issue_blob) -> dict[str, History | Rejected]:
+def read_histories(repo: Repo, tips: dict[str, str], *, now: datetime | None = None) -> dict[str, History | Rejected]:
     """Check the histories ending at `tips` (issue id -> commit): a History per issue id,
-    or Rejected saying why. `fold` and `issue_blob` are the store's own (issues.fold,
-    issues._issue_blob), so what is accepted is what the store would have written."""
+    or Rejected saying why."""
     now = now or datetime.now(timezone.utc)
     latest = (now + timedelta(seconds=MAX_CLOCK_SKEW_SECONDS)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     out: dict[str, History | Rejected] = {}
@@ -179,24 +177,24 @@ def read_histories(repo: Repo, tips: dict[str, str], *, now: datetime | None = N
     blobs = dict(zip(walk, repo.cat_batch_check([f"{tip}:issue.json" for tip in walk.values()])))
     # Sizes are known before anything is read: an issue too big to check is refused
     # unread, and the rest are read a bounded number of bytes at a time.
-    batch: list[tuple[str, list[str]]] = []
+    batches: list[list[tuple[str, list[str]]]] = [[]]
     batch_bytes = 0
-    for issue_id, tip in list(walk.items()) + [(None, None)]:
-        if issue_id is not None:
-            try:
-                closure = _closure(tip, graph, sizes)
-            except Rejected as e:
-                out[issue_id] = e
-                continue
-            batch.append((issue_id, closure))
-            batch_bytes += sum(sizes[c][2] for c in closure)
-            if batch_bytes < READ_BATCH_BYTES:
-                continue
+    for issue_id, tip in walk.items():
+        try:
+            closure = _closure(tip, graph, sizes)
+        except Rejected as e:
+            out[issue_id] = e
+            continue
+        if batch_bytes >= READ_BATCH_BYTES:
+            batches.append([])
+            batch_bytes = 0
+        batches[-1].append((issue_id, closure))
+        batch_bytes += sum(sizes[c][2] for c in closure)
+    for batch in batches:
         commits = sorted({c for _, closure in batch for c in closure})
         raw = dict(zip(commits, repo.cat_batch(commits)))
-        for bid, _ in batch:
-            out[bid] = _checked(bid, walk[bid], raw, blobs[bid], latest, fold, issue_blob)
-        batch, batch_bytes = [], 0
+        for issue_id, _ in batch:
+            out[issue_id] = _checked(issue_id, walk[issue_id], raw, blobs[issue_id], latest)
     return out
 
 
@@ -222,7 +220,9 @@ def _closure(tip: str, graph: dict, sizes: dict) -> list[str]:
     return list(seen)
 
 
-def _checked(issue_id, tip, raw, blob, latest, fold, issue_blob) -> History | Rejected:
+def _checked(issue_id, tip, raw, blob, latest) -> History | Rejected:
+    # The store's own fold and serialisation: what is accepted is what it would have written.
+    from .issues import _issue_blob as issue_blob, fold
     try:
         h = _history(issue_id, tip, raw, latest)
         h.issue = fold(list(h.events.values()))
