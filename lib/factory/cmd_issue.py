@@ -119,9 +119,11 @@ def cli():
 Input: one JSON object per line. Fields: title (required, one line, at most
 {contracts.MAX_TITLE_CHARS} characters), body (at most {contracts.MAX_BODY_BYTES // 1024} KiB), labels (list), priority
 (0 most urgent .. 4, default 2), fingerprint, source (human, sensor:NAME, adversary:NAME,
-peer:NAME), trust (trusted, untrusted), kind (worker, sensor, adversary; who takes it),
-depends_on (list of issue ids). Fields the store sets (id, state, ...) are ignored, so
-`factory-issue show X | factory-issue file` copies an issue.
+peer:NAME), trust (trusted, untrusted; default trusted, but untrusted for peer:NAME),
+kind (worker, sensor, adversary; who takes it), depends_on (list of issue ids). Fields
+the store sets (id, state, ...) are ignored, so `factory-issue show X | factory-issue
+file` copies an issue. An issue from peer:NAME may be trusted only if factory.yaml's
+peers.NAME.trust is trusted: trust comes from the config, not from the issue.
 Output: one issue per input line, in order.
 
 {EXIT_CODES_HELP}
@@ -479,10 +481,10 @@ Fetches the other clone's refs/factory/issues/* into a scratch namespace (never 
 refs/factory/issues/) and checks every issue's whole history before anything moves: the
 ref is an issue id and points at a commit; each commit carries one well-formed event for
 that issue (with the limits `file` has); the history starts with its one filed event;
-event times never go backwards and are at most {MAX_CLOCK_SKEW_SECONDS} s in the future; at most
-{MAX_ISSUE_COMMITS} commits; the issue.json at the tip is the fold of the events. A bad
-issue is skipped and reported; all good issues then move in one transaction, so an
-interrupted pull moves nothing.
+event times never go backwards and are at most {MAX_CLOCK_SKEW_SECONDS} s in the future;
+at most {MAX_ISSUE_COMMITS} commits; the issue.json at the tip is the fold of the events.
+A bad issue is skipped and reported; all good issues then move in one transaction, so
+an interrupted pull moves nothing.
 
 \b
 What arrives is untrusted unless --trusted is given (or REMOTE is a peer that factory.yaml

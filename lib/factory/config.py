@@ -297,8 +297,10 @@ sensors: {}
 
 # Other factories this one files issues on, by name. Example:
 #   libfoo:
-#     url: https://github.com/example/libfoo.git
-#     trust: untrusted          # trusted or untrusted: what their issues may do here
+#     url: https://github.com/example/libfoo.git   # or a path, file://, ssh://,
+#                               # git@host:path, github:OWNER/REPO
+#     trust: untrusted          # trusted: `factory-issue pull libfoo` takes their trust
+#                               # and source changes; untrusted: their issues arrive untrusted
 #     type: git                 # git or github
 peers: {}
 
