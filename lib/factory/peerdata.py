@@ -47,6 +47,7 @@ EVENT_KEYS = ("v", "id", "at", "actor", "type", "issue")
 # The keys each event type carries besides EVENT_KEYS (what issues.apply_event reads).
 TYPE_KEYS = {"filed": ("fields",), "set": ("fields",), "labels": ("add", "remove"),
              "comment": ("text",), "claim": (), "runs": ("add",)}
+OPTIONAL_KEYS = {"labels": ("add", "remove")}  # apply_event reads these with .get
 # A `set` may change what `update` may, and `source` (written by this store when it
 # marks an issue that came from a peer).
 SET_FIELDS = contracts.PATCH_FIELDS + ("source",)
@@ -83,7 +84,7 @@ def check_event(ev, issue_id: str) -> dict:
     if t not in TYPE_KEYS:
         raise ContractError("type", f"{t!r} is not an event type ({', '.join(TYPE_KEYS)})")
     extra = set(ev) - set(EVENT_KEYS) - set(TYPE_KEYS[t])
-    missing = (set(EVENT_KEYS) | ({"fields"} & set(TYPE_KEYS[t]))) - set(ev)
+    missing = (set(EVENT_KEYS) | set(TYPE_KEYS[t]) - set(OPTIONAL_KEYS.get(t, ()))) - set(ev)
     if extra or missing:
         raise ContractError("event", f"{t} event has unknown keys {sorted(extra)} or lacks {sorted(missing)}")
     if ev["v"] != 1 or isinstance(ev["v"], bool):
