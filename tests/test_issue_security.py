@@ -184,7 +184,8 @@ def test_every_git_call_with_a_rev_fences_it_off(git_repo, tmp_path):
     assert repo.resolve(bad) is None
     for call in (lambda: repo.log_messages(bad), lambda: repo.log_messages("HEAD", bad),
                  lambda: repo.read_tree(bad, "intent/"), lambda: repo.is_ancestor(bad, "HEAD"),
-                 lambda: repo.is_ancestor("HEAD", bad), lambda: repo.fetch(bad, []),
+                 lambda: repo.is_ancestor("HEAD", bad), lambda: repo.remote_refs(bad, PREFIX),
+                 lambda: repo.fetch_objects(bad, ["0" * 40]), lambda: repo.fetch_objects(str(git_repo), [bad]),
                  lambda: repo.rev_list([bad], max_count=1)):
         with pytest.raises(UnsafeArgument):
             call()
@@ -281,7 +282,7 @@ def test_a_pull_takes_the_good_issues_and_skips_each_attack(git_repo, peer, tool
     after = refs(git_repo, PREFIX)
     assert after[PREFIX + shared] == ours_before[PREFIX + shared]  # the flip did not land
     assert set(after) == set(ours_before) | {PREFIX + good["id"]}
-    assert refs(git_repo, "refs/factory/") .keys() == after.keys()  # no scratch refs remain
+    assert refs(git_repo, "refs/factory/").keys() == after.keys()  # nothing of theirs is named elsewhere
     # the new issue came in marked by us: untrusted, from the peer
     got = jl(fi(["show", good["id"]], git_repo, tool_env).stdout)[0]
     assert (got["trust"], got["source"]) == ("untrusted", "peer:mallory")
@@ -345,14 +346,15 @@ def test_a_merge_that_brings_new_events_keeps_ours_and_checks_theirs(git_repo, p
     assert got["trust"] == "untrusted"
 
 
-def test_a_pull_leaves_no_scratch_refs_and_clears_those_of_a_killed_pull(git_repo, peer, tool_env):
-    head = git(git_repo, "rev-parse", "HEAD")
-    dead = subprocess.Popen(["true"])
-    dead.wait()  # a pid that is no longer running
-    git(git_repo, "update-ref", f"refs/factory/incoming/{dead.pid}-00000000/abcdefabcdef", head)
-    r, _, _ = pull(git_repo, tool_env, peer)
-    assert r.returncode == 0, r.stderr
-    assert refs(git_repo, "refs/factory/incoming/") == {}
+def test_a_pull_names_nothing_of_theirs_but_the_issues_it_accepts(git_repo, peer, tool_env):
+    good = jl(fi(["file"], peer, tool_env, input='{"title": "fine"}\n').stdout)[0]
+    i = new_id()
+    craft_issue(peer, filed(i), event("comment", i, at(24 * 3600), text="from tomorrow"))
+    before = refs(git_repo)
+    r, merged, skipped = pull(git_repo, tool_env, peer)
+    assert r.returncode == 1 and list(skipped) == [PREFIX + i]
+    assert set(refs(git_repo)) == set(before) | {PREFIX + good["id"]}
+    assert not (git_repo / ".git" / "FETCH_HEAD").exists()
 
 
 def test_file_may_not_claim_trust_for_a_peer(git_repo, tool_env):

@@ -477,8 +477,8 @@ from .peerdata import MAX_CLOCK_SKEW_SECONDS, MAX_ISSUE_COMMITS  # noqa: E402  (
 
 @cli.command("pull", context_settings=CONTEXT_SETTINGS, epilog=f"""
 \b
-Fetches the other clone's refs/factory/issues/* into a scratch namespace (never into
-refs/factory/issues/) and checks every issue's whole history before anything moves: the
+Fetches the objects of the other clone's refs/factory/issues/* under no ref at all (not
+even FETCH_HEAD) and checks every issue's whole history before any ref moves: the
 ref is an issue id and points at a commit; each commit carries one well-formed event for
 that issue (with the limits `file` has); the history starts with its one filed event;
 event times never go backwards and are at most {MAX_CLOCK_SKEW_SECONDS} s in the future;

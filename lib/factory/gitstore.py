@@ -261,23 +261,37 @@ class Repo:
 
     # -- other clones --------------------------------------------------------------
 
-    def fetch(self, remote: str, refspecs: list[str]) -> None:
-        """Fetch refspecs from another clone. The remote is outside input: it is checked,
-        fenced off from options, and may not name a transport that runs a program here
-        (ext::, a remote helper picked by the URL). Received objects are fsck'ed."""
-        check_remote(remote)
+    def _remote_config(self) -> list[str]:
+        # Only transports that never run a program named by the URL, as ext:: or a remote
+        # helper (X::URL, an unknown scheme) would.
         allow = [f"protocol.{p}.allow=always" for p in SAFE_TRANSPORTS]
-        self.git("-c", "protocol.allow=never", *[x for a in allow for x in ("-c", a)],
-                 "-c", "transfer.fsckObjects=true",
-                 "fetch", "--quiet", "--no-tags", "--no-write-fetch-head", "--no-recurse-submodules",
-                 "--end-of-options", remote, *refspecs)
+        return ["-c", "protocol.allow=never", *[x for a in allow for x in ("-c", a)]]
 
-    def delete_refs(self, refs: dict[str, str]) -> None:
-        """Delete refs (name -> the value each must still have), all or none."""
-        if not refs:
+    def remote_refs(self, remote: str, prefix: str) -> dict[str, str]:
+        """Another clone's refs under prefix (refname -> object id), read without writing
+        anything here. The remote is outside input: checked, and fenced off from options."""
+        check_remote(remote)
+        out = self.git(*self._remote_config(), "ls-remote", "--end-of-options", remote, prefix + "*").decode()
+        refs = {}
+        for line in out.splitlines():
+            oid, _, name = line.partition("\t")
+            if name.startswith(prefix):
+                refs[name] = oid
+        return refs
+
+    def fetch_objects(self, remote: str, oids: list[str]) -> None:
+        """Fetch the objects reachable from oids (tips another clone advertises) and write
+        no ref and no FETCH_HEAD: until someone moves a ref to them they are unreachable
+        data, which gc keeps for weeks. Received objects are fsck'ed."""
+        check_remote(remote)
+        if not oids:
             return
-        lines = ["start"] + [f"delete {ref} {old}" for ref, old in refs.items()] + ["prepare", "commit", ""]
-        self.git("update-ref", "--stdin", input="\n".join(lines).encode())
+        for oid in oids:
+            if not re.fullmatch(r"[0-9a-f]{40}|[0-9a-f]{64}", oid):
+                raise UnsafeArgument(f"fetch_objects takes object ids, not {oid!r}")
+        self.git(*self._remote_config(), "-c", "transfer.fsckObjects=true",
+                 "fetch", "--quiet", "--no-tags", "--no-write-fetch-head", "--no-recurse-submodules",
+                 "--stdin", "--end-of-options", remote, input=("\n".join(oids) + "\n").encode())
 
     # -- writes --------------------------------------------------------------------
 

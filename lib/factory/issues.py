@@ -26,7 +26,6 @@ from .gitstore import NewCommit, RefConflict, Repo, check_remote, retry_cas
 
 ISSUES_PREFIX = "refs/factory/issues/"
 ISSUE_FILE = "issue.json"
-INCOMING_PREFIX = "refs/factory/incoming/"  # a pull's fetch lands here, never in ISSUES_PREFIX
 
 
 class IssueError(Exception):
@@ -355,29 +354,30 @@ class IssueStore:
         peer = peer or peer_name(remote)
         actor = actor or default_actor()
         result = PullResult()
-        self._drop_stale_incoming()
-        space = f"{INCOMING_PREFIX}{os.getpid()}-{os.urandom(4).hex()}/"
-        try:
-            self.repo.fetch(remote, [f"+{ISSUES_PREFIX}*:{space}*"])
-            fetched = self.repo.typed_refs(space)
-            theirs: dict[str, str] = {}
-            for oid, kind, ref in fetched:
-                name, issue_id = ISSUES_PREFIX + ref[len(space):], ref[len(space):]
-                if not contracts.ID_RE.match(issue_id):
-                    result.rejected.append((name, "is not named by an issue id (12 hex digits)"))
-                elif kind != "commit":
-                    result.rejected.append((name, f"points at a {kind}, not a commit"))
-                else:
-                    theirs[issue_id] = oid
-            checked = peerdata.read_histories(self.repo, theirs)
-            for issue_id, h in sorted(checked.items()):
-                if isinstance(h, peerdata.Rejected):
-                    result.rejected.append((ISSUES_PREFIX + issue_id, str(h)))
-            good = {i: h for i, h in checked.items() if isinstance(h, peerdata.History)}
-            result.merged, refused = retry_cas(lambda: self._adopt(good, trusted, peer, actor))
-            result.rejected += refused
-        finally:
-            self.repo.delete_refs({ref: oid for oid, _, ref in self.repo.typed_refs(space)})
+        # Their refs are only read, and their objects fetched under no ref at all: nothing
+        # of theirs is named here until it has been checked.
+        theirs: dict[str, str] = {}
+        for ref, oid in sorted(self.repo.remote_refs(remote, ISSUES_PREFIX).items()):
+            issue_id = ref[len(ISSUES_PREFIX):]
+            if contracts.ID_RE.match(issue_id):
+                theirs[issue_id] = oid
+            else:
+                result.rejected.append((ref, "is not named by an issue id (12 hex digits)"))
+        mine = self.repo.refs(ISSUES_PREFIX)
+        same = {i for i, oid in theirs.items() if mine.get(ISSUES_PREFIX + i) == oid}
+        if same:  # the very commit we hold: nothing to fetch or check
+            have = {i["id"]: i for i in self.all()}
+            result.merged += [(have[i], "up-to-date") for i in sorted(same) if i in have]
+            theirs = {i: oid for i, oid in theirs.items() if i not in same}
+        self.repo.fetch_objects(remote, sorted(set(theirs.values())))
+        checked = peerdata.read_histories(self.repo, theirs)
+        for issue_id, h in sorted(checked.items()):
+            if isinstance(h, peerdata.Rejected):
+                result.rejected.append((ISSUES_PREFIX + issue_id, str(h)))
+        good = {i: h for i, h in checked.items() if isinstance(h, peerdata.History)}
+        merged, refused = retry_cas(lambda: self._adopt(good, trusted, peer, actor))
+        result.merged += merged
+        result.rejected += refused
         return result
 
     def _adopt(self, theirs: dict, trusted: bool, peer: str, actor: str):
@@ -394,7 +394,7 @@ class IssueStore:
 
         for issue_id, h in sorted(theirs.items()):
             ref, mine = ISSUES_PREFIX + issue_id, ours_tips.get(issue_id)
-            if mine == h.tip:
+            if mine == h.tip:  # someone else brought it meanwhile
                 done.append((h.issue, "up-to-date"))
                 continue
             o = ours.get(issue_id)
@@ -444,17 +444,6 @@ class IssueStore:
             self.repo.update_refs(updates)
         return done + [(issue, how) for _, _, _, issue, how in plans], refused
 
-    def _drop_stale_incoming(self) -> None:
-        """A pull killed before it cleaned up leaves its fetch namespace behind; nothing
-        reads it, but it should not pile up. Its name carries the pid of its pull."""
-        stale = {}
-        for ref, oid in self.repo.refs(INCOMING_PREFIX).items():
-            pid = ref[len(INCOMING_PREFIX):].split("-", 1)[0]
-            if pid.isdigit() and not _alive(int(pid)):
-                stale[ref] = oid
-        if stale:
-            self.repo.delete_refs(stale)
-
 
 class PullResult:
     def __init__(self):
@@ -467,16 +456,6 @@ def peer_name(remote: str) -> str:
     last = re.sub(r"\.git$", "", remote.rstrip("/")).replace(":", "/").rsplit("/", 1)[-1]
     name = re.sub(r"[^A-Za-z0-9._-]+", "_", last).strip("._-")[:64]
     return name or "unknown"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 __all__ = ["IssueStore", "IssueError", "NoSuchIssue", "NotClaimable", "DamagedIssue", "ContractError",
