@@ -311,14 +311,18 @@ Examples:
 def logs(issue, follow):
     """Show the supervisor's or an agent's log."""
     import time
-    from .issues import IssueStore, NoSuchIssue
+    from .issues import DamagedIssue, IssueStore, NoSuchIssue
     from .supervisor import state_dir
     repo = _repo()
     if issue:
+        store = IssueStore(repo)
         try:
-            issue_id = IssueStore(repo).get(issue)["id"]
+            issue_id = store.get(issue)["id"]
         except NoSuchIssue as e:
             raise BadInput(TOOL, str(e))
+        except DamagedIssue as e:
+            say(TOOL, str(e))
+            issue_id = store.resolve(issue)  # its agent's log is still worth reading
         path = os.path.join(state_dir(repo), "logs", f"{issue_id}.log")
     else:
         path = os.path.join(state_dir(repo), "supervisor.log")
