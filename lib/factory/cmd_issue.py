@@ -488,9 +488,10 @@ an interrupted pull moves nothing.
 
 \b
 What arrives is untrusted unless --trusted is given (or REMOTE is a peer that factory.yaml
-marks trusted): an issue whose new events change trust or source is refused, and a new
+marks trusted): an issue whose new events change trust or source is refused; a new
 issue is taken in with our own event setting trust: untrusted and source: peer:NAME
-(NAME: the peer's name, else the last part of REMOTE). Only a trusted pull brings trust.
+(NAME: the peer's name, else the last part of REMOTE); a trusted issue of ours that it
+changed gets our event setting trust: untrusted. Only a trusted pull brings trust.
 An issue both sides changed keeps both sides' events (comments, labels, fields; for one
 field set on both sides, the later change wins). Only refs/factory/ is written.
 

@@ -149,7 +149,11 @@ def _field(name: str, value):
     if name == "branch":
         if value is None:
             return None
-        return _text(name, value, max_chars=255, single_line=True, empty_ok=False)
+        value = _text(name, value, max_chars=255, single_line=True, empty_ok=False)
+        if value.startswith("-") or re.search(r"[\x00-\x1f\x7f]", value):
+            raise ContractError(name, f"{value!r} is not a branch name (it may not start with '-' "
+                                      "or hold control characters)")
+        return value
     if name == "claimed_by":
         if value is None:
             return None

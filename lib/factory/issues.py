@@ -414,30 +414,35 @@ class IssueStore:
                                      "this repository's own people may do (from a clone of your own people: "
                                      "pull --trusted)")
                     continue
-            if o is None:
-                issue, how, parent = h.issue, "new", h.tip
-                if not trusted:
-                    mark = {"trust": "untrusted"}
-                    if not issue["source"].startswith("peer:"):
-                        mark["source"] = f"peer:{peer}"
-                    ev = make_event("set", actor, after=issue["updated"], issue=issue_id, fields=mark)
-                    issue = apply_event(issue, ev)
-                    commits.append(NewCommit({ISSUE_FILE: _issue_blob(issue)}, _message(ev), parents=[h.tip]))
-                    parent = len(commits) - 1
-                plans.append((ref, parent, None, issue, how))
-            elif h.tip in o.commits:
+            if o is not None and h.tip in o.commits:
                 done.append((o.issue, "up-to-date"))
+                continue
+            if o is None:
+                issue, how, tip = h.issue, "new", h.tip
             elif mine in h.commits:
-                plans.append((ref, h.tip, mine, h.issue, "fast-forward"))
+                issue, how, tip = h.issue, "fast-forward", h.tip
             else:
-                issue = fold(list({**o.events, **h.events}.values()))
+                issue, how = fold(list({**o.events, **h.events}.values())), "merged"
                 problem = contracts.check_stored_issue(issue, issue_id)
                 if problem:  # each side alone was fine; together they are not (say, too many labels)
                     refuse(issue_id, f"merged with ours it would not be a valid issue: {problem}")
                     continue
                 commits.append(NewCommit({ISSUE_FILE: _issue_blob(issue)}, f"merge {issue_id}\n",
                                          parents=[mine, h.tip]))
-                plans.append((ref, len(commits) - 1, mine, issue, "merged"))
+                tip = len(commits) - 1
+            # Text from an untrusted remote is untrusted text: a new issue, or one of ours it
+            # changed, is marked so by an event of ours on top of what it sent.
+            mark = {}
+            if not trusted and (o is None or issue["trust"] == "trusted"):
+                mark["trust"] = "untrusted"
+            if not trusted and o is None and not issue["source"].startswith("peer:"):
+                mark["source"] = f"peer:{peer}"
+            if mark:
+                ev = make_event("set", actor, after=issue["updated"], issue=issue_id, fields=mark)
+                issue = apply_event(issue, ev)
+                commits.append(NewCommit({ISSUE_FILE: _issue_blob(issue)}, _message(ev), parents=[tip]))
+                tip = len(commits) - 1
+            plans.append((ref, tip, mine, issue, how))
         oids = self.repo.write_commits(commits)
         updates = [(ref, oids[new] if isinstance(new, int) else new, old) for ref, new, old, _, _ in plans]
         if updates:
