@@ -449,3 +449,22 @@ def test_an_issue_of_ours_an_untrusted_peer_changed_becomes_untrusted(git_repo, 
     r, merged, _ = pull(git_repo, tool_env, peer)
     assert {m["id"]: m["merge"] for m in merged}[ours["id"]] == "up-to-date"
     assert jl(fi(["show", ours["id"]], git_repo, tool_env).stdout)[0]["trust"] == "trusted"
+
+
+def test_events_shaped_to_crash_the_checker_are_refused(git_repo, peer, tool_env):
+    cases = {}
+    i = new_id()
+    cases[i] = "not an event type"
+    craft_issue(peer, filed(i), event("comment", i, at(-30), text="x") | {"type": ["comment"]})
+    i = new_id()
+    cases[i] = "not JSON"
+    tip = craft_issue(peer, filed(i))
+    deep = "[" * 200_000 + "]" * 200_000
+    git(peer, "update-ref", PREFIX + i, commit(peer, f"comment {i}\n\n{{\"a\": {deep}}}\n", b"{}", [tip]))
+    i = new_id()
+    cases[i] = "must match"
+    craft_issue(peer, filed(i), event("labels", i, at(-30), add=["x" * 100_000]))
+    r, merged, skipped = pull(git_repo, tool_env, peer)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    for i, message in cases.items():
+        assert message in skipped[PREFIX + i] and len(skipped[PREFIX + i]) < 500, skipped[PREFIX + i][:200]

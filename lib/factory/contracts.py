@@ -52,6 +52,12 @@ class ContractError(ValueError):
         self.field = field
 
 
+def quote(value) -> str:
+    """A value quoted in an error message, cut: whoever sent it chose its size."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def now_iso() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
@@ -79,7 +85,7 @@ def _labels(field: str, value) -> list[str]:
     out = []
     for v in value:
         if not isinstance(v, str) or not LABEL_RE.match(v):
-            raise ContractError(field, f"label {v!r} must match {LABEL_RE.pattern}")
+            raise ContractError(field, f"label {quote(v)} must match {LABEL_RE.pattern}")
         if v not in out:
             out.append(v)
     return out
@@ -96,7 +102,7 @@ def _priority(value) -> int:
 
 def _choice(field: str, value, choices) -> str:
     if value not in choices:
-        raise ContractError(field, f"is {value!r}; it must be one of: {', '.join(choices)}")
+        raise ContractError(field, f"is {quote(value)}; it must be one of: {', '.join(choices)}")
     return value
 
 
@@ -114,9 +120,9 @@ def _iso_time(field: str, value) -> str | None:
     try:
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
-        raise ContractError(field, f"{value!r} is not an ISO 8601 time such as 2026-01-31T12:00:00Z")
+        raise ContractError(field, f"{quote(value)} is not an ISO 8601 time such as 2026-01-31T12:00:00Z")
     if parsed.tzinfo is None:
-        raise ContractError(field, f"{value!r} needs a time zone, such as a trailing Z")
+        raise ContractError(field, f"{quote(value)} needs a time zone, such as a trailing Z")
     return parsed.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
@@ -136,7 +142,7 @@ def _field(name: str, value):
         return _text(name, value, max_chars=MAX_FINGERPRINT_CHARS, single_line=True, empty_ok=False)
     if name == "source":
         if not isinstance(value, str) or not SOURCE_RE.match(value):
-            raise ContractError(name, f"{value!r} must be 'human', 'sensor:NAME', 'adversary:NAME' or 'peer:NAME'")
+            raise ContractError(name, f"{quote(value)} must be 'human', 'sensor:NAME', 'adversary:NAME' or 'peer:NAME'")
         return value
     if name == "trust":
         return _choice(name, value, TRUST_LEVELS)
@@ -151,7 +157,7 @@ def _field(name: str, value):
             return None
         value = _text(name, value, max_chars=255, single_line=True, empty_ok=False)
         if value.startswith("-") or re.search(r"[\x00-\x1f\x7f]", value):
-            raise ContractError(name, f"{value!r} is not a branch name (it may not start with '-' "
+            raise ContractError(name, f"{quote(value)} is not a branch name (it may not start with '-' "
                                       "or hold control characters)")
         return value
     if name == "claimed_by":
@@ -240,15 +246,15 @@ def check_stored_issue(obj, issue_id: str) -> str | None:
     if not isinstance(obj, dict):
         return f"issue.json holds a {type(obj).__name__}, not an object"
     if obj.get("id") != issue_id:
-        return f"issue.json's id {obj.get('id')!r} is not the ref's {issue_id}"
+        return f"issue.json's id {quote(obj.get('id'))} is not the ref's {issue_id}"
     for k, t in _STORED_TYPES.items():
         if k not in obj:
             return f"issue.json lacks {k}"
         if not isinstance(obj[k], t) or (t is int and isinstance(obj[k], bool)):
-            return f"issue.json's {k} is {obj[k]!r}"
+            return f"issue.json's {k} is {quote(obj[k])}"
     for k, choices in (("state", STATES), ("kind", KINDS), ("trust", TRUST_LEVELS)):
         if obj[k] not in choices:
-            return f"issue.json's {k} {obj[k]!r} is not one of {', '.join(choices)}"
+            return f"issue.json's {k} {quote(obj[k])} is not one of {', '.join(choices)}"
     if not all(isinstance(x, str) for x in obj["labels"] + obj["depends_on"]):
         return "issue.json's labels and depends_on must hold strings"
     if len(obj["labels"]) > MAX_LABELS:
@@ -287,7 +293,7 @@ def validate_task(obj) -> dict:
             task[key] = _text(key, obj[key], max_chars=255, single_line=True, empty_ok=False)
             if key != "model" and (task[key].startswith("-") or re.search(r"[\x00-\x1f\x7f]", task[key])):
                 # a rev reaches git: one that starts with '-' would be read as an option
-                raise ContractError(key, f"{task[key]!r} is not a rev (a branch, tag or commit; "
+                raise ContractError(key, f"{quote(task[key])} is not a rev (a branch, tag or commit; "
                                          "it may not start with '-' or hold control characters)")
     budgets = obj.get("budgets", {})
     if not isinstance(budgets, dict):
@@ -296,7 +302,7 @@ def validate_task(obj) -> dict:
         if k not in BUDGET_KEYS:
             raise ContractError(f"budgets.{k}", f"is not a budget ({', '.join(BUDGET_KEYS)})")
         if isinstance(v, bool) or not isinstance(v, BUDGET_KEYS[k]) or v <= 0:
-            raise ContractError(f"budgets.{k}", f"must be a positive number, not {v!r}")
+            raise ContractError(f"budgets.{k}", f"must be a positive number, not {quote(v)}")
     task["budgets"] = dict(budgets)
     for key in ("sensor", "adversary"):
         if key in obj:

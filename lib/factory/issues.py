@@ -127,7 +127,7 @@ def _event_of(message: str) -> dict | None:
         return None  # merge commits carry no event
     try:
         ev = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None  # damage is reported where the issue is read, not here
     return ev if isinstance(ev, dict) and isinstance(ev.get("type"), str) and isinstance(ev.get("at"), str) \
         and isinstance(ev.get("id"), str) else None
@@ -149,7 +149,7 @@ def _parse_issue(ref: str, issue_id: str, obj) -> dict:
         raise DamagedIssue(damage_message(ref, f"its issue.json is a {obj[1]}, not a file"))
     try:
         issue = json.loads(obj[2])
-    except ValueError:
+    except (ValueError, RecursionError):
         raise DamagedIssue(damage_message(ref, "its issue.json is not JSON"))
     problem = contracts.check_stored_issue(issue, issue_id)
     if problem:

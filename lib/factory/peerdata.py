@@ -73,7 +73,7 @@ class History:
 
 def _same(name: str, value, normalised) -> None:
     if value != normalised:
-        raise ContractError(name, f"{value!r} is not in the form the store writes")
+        raise ContractError(name, f"{contracts.quote(value)} is not in the form the store writes")
 
 
 def check_event(ev, issue_id: str) -> dict:
@@ -81,20 +81,21 @@ def check_event(ev, issue_id: str) -> dict:
     if not isinstance(ev, dict):
         raise ContractError("event", "must be a JSON object")
     t = ev.get("type")
-    if t not in TYPE_KEYS:
-        raise ContractError("type", f"{t!r} is not an event type ({', '.join(TYPE_KEYS)})")
+    if not isinstance(t, str) or t not in TYPE_KEYS:
+        raise ContractError("type", f"{contracts.quote(t)} is not an event type ({', '.join(TYPE_KEYS)})")
     extra = set(ev) - set(EVENT_KEYS) - set(TYPE_KEYS[t])
     missing = (set(EVENT_KEYS) | set(TYPE_KEYS[t]) - set(OPTIONAL_KEYS.get(t, ()))) - set(ev)
     if extra or missing:
-        raise ContractError("event", f"{t} event has unknown keys {sorted(extra)} or lacks {sorted(missing)}")
+        raise ContractError("event", f"{t} event has unknown keys {contracts.quote(sorted(extra))} "
+                                     f"or lacks {sorted(missing)}")
     if ev["v"] != 1 or isinstance(ev["v"], bool):
-        raise ContractError("v", f"{ev['v']!r} is not event version 1")
+        raise ContractError("v", f"{contracts.quote(ev['v'])} is not event version 1")
     if not isinstance(ev["id"], str) or not EVENT_ID_RE.match(ev["id"]):
         raise ContractError("id", "must be 16 hex digits")
     if ev["issue"] != issue_id:
-        raise ContractError("issue", f"{ev['issue']!r} is not this ref's issue {issue_id}")
+        raise ContractError("issue", f"{contracts.quote(ev['issue'])} is not this ref's issue {issue_id}")
     if not isinstance(ev["at"], str) or not TIME_RE.match(ev["at"]):
-        raise ContractError("at", f"{ev['at']!r} is not a time such as 2026-01-31T12:00:00.000000Z")
+        raise ContractError("at", f"{contracts.quote(ev['at'])} is not a time such as 2026-01-31T12:00:00.000000Z")
     try:
         datetime.strptime(ev["at"], "%Y-%m-%dT%H:%M:%S.%fZ")
     except ValueError:
@@ -111,7 +112,7 @@ def check_event(ev, issue_id: str) -> dict:
             raise ContractError("fields", "must be a non-empty object")
         for k, v in f.items():
             if k not in SET_FIELDS:
-                raise ContractError(k, f"cannot be set (settable: {', '.join(SET_FIELDS)})")
+                raise ContractError(contracts.quote(k), f"cannot be set (settable: {', '.join(SET_FIELDS)})")
             _same(k, v, contracts._field(k, v))
     elif t == "labels":
         for k in ("add", "remove"):
@@ -132,7 +133,7 @@ def _event_in(message: str) -> dict | None:
         return None
     try:
         return json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested a million deep
         raise ContractError("event", "the commit message's event is not JSON")
 
 
@@ -257,7 +258,7 @@ def _history(issue_id: str, tip: str, raw: dict, latest: str) -> History:
             if ev is not None:
                 check_event(ev, issue_id)
         except (ContractError, UnicodeDecodeError) as e:
-            raise Rejected(f"commit {c[:12]}: {e}")
+            raise Rejected(f"commit {c[:12]}: {str(e)[:300]}")  # the peer chose what it quotes
         h.commits[c], event_of[c] = parents, ev
         if not parents:
             roots.append(c)
