@@ -127,6 +127,7 @@ def test_a_remote_never_reaches_git_as_an_option(git_repo, tool_env, tmp_path, r
     assert not marker.exists()
     assert r.returncode == 2, r.stderr
     assert r.stdout == "" and "remote" in r.stderr and "nothing was written" in r.stderr
+    assert "{" not in r.stderr, r.stderr
     assert refs(git_repo) == before
 
 

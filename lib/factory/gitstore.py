@@ -56,7 +56,7 @@ def check_arg(value, what: str) -> str:
         raise UnsafeArgument(f"{what}: must be a non-empty string")
     if value.startswith("-"):
         raise UnsafeArgument(f"{what} '{value}' starts with '-', which git would take as an option; "
-                             "name it another way (for a path: ./{value})")
+                             f"name it another way (for a path: ./{value})")
     if _CONTROL_RE.search(value):
         raise UnsafeArgument(f"{what} {value!r} holds a control character (newline, NUL, ...); remove it")
     return value
