@@ -9,6 +9,7 @@ import click
 from . import contracts
 from .cli import (CONTEXT_SETTINGS, EXIT_CODES_HELP, EXIT_NO, BadInput, Failed, emit, pretty_option,
                   quiet_option, read_json_lines, repo_option, run_main, say, stdin_is_data)
+from .peerdata import MAX_CLOCK_SKEW_SECONDS, MAX_ISSUE_COMMITS
 
 TOOL = "factory-issue"
 
@@ -58,8 +59,10 @@ def _guard(fn):
             return fn(*args, **kwargs)
         except contracts.ContractError as e:
             raise BadInput(TOOL, f"{e}; nothing was written")
-        except (NoSuchIssue, UnsafeArgument) as e:
-            raise BadInput(TOOL, f"{e}; nothing was written" if isinstance(e, UnsafeArgument) else str(e))
+        except UnsafeArgument as e:
+            raise BadInput(TOOL, f"{e}; nothing was written")
+        except NoSuchIssue as e:
+            raise BadInput(TOOL, str(e))
         except (NotClaimable, DamagedIssue) as e:
             raise Failed(TOOL, str(e))
         except RefConflict as e:
@@ -472,9 +475,6 @@ def close_cmd(ids, reason, state, by, pretty):
         _print_issues([store.close(issue_id, _actor(by), reason=reason, state=state)], pretty)
 
 
-from .peerdata import MAX_CLOCK_SKEW_SECONDS, MAX_ISSUE_COMMITS  # noqa: E402  (light: no git run)
-
-
 @cli.command("pull", context_settings=CONTEXT_SETTINGS, epilog=f"""
 \b
 Fetches the objects of the other clone's refs/factory/issues/* under no ref at all (not
@@ -530,7 +530,7 @@ def pull_cmd(remote, trusted, by):
     check_remote(remote)  # before anything else: such a value never reaches git
     store = _store()
     url, peer = remote, None
-    if contracts.SOURCE_RE.match(f"peer:{remote}") and "/" not in remote:
+    if contracts.SOURCE_RE.match(f"peer:{remote}"):  # could name a peer in factory.yaml
         from .cli import load_config
         peers = load_config(TOOL, store.repo)["peers"]
         if remote in peers:
@@ -543,7 +543,8 @@ def pull_cmd(remote, trusted, by):
         say(TOOL, f"skipped {ref}: {error}")
         emit({"ok": False, "ref": ref, "error": error})
     if result.rejected:
-        say(TOOL, f"skipped {len(result.rejected)} issue(s) from {remote}; merged {len(result.merged)}")
+        say(TOOL, f"skipped {len(result.rejected)} issue(s) from {remote}; took the other "
+                  f"{len(result.merged)} (fix or remove the skipped refs there, then pull again)")
         return EXIT_NO
     return 0
 
