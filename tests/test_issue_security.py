@@ -469,3 +469,22 @@ def test_events_shaped_to_crash_the_checker_are_refused(git_repo, peer, tool_env
     assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
     for i, message in cases.items():
         assert message in skipped[PREFIX + i] and len(skipped[PREFIX + i]) < 500, skipped[PREFIX + i][:200]
+
+
+def test_a_pull_cut_off_at_its_last_step_moves_nothing(git_repo, peer, tool_env):
+    """git's reference-transaction hook refuses any transaction that moves the last of the
+    new issues, as a kill at that moment would: not one issue of the pull may have moved."""
+    shared = next(iter(refs(git_repo, PREFIX)))[len(PREFIX):]
+    assert fi(["comment", shared, "-m", "theirs"], peer, tool_env).returncode == 0
+    new = [jl(fi(["file"], peer, tool_env, input=f'{{"title": "n{k}"}}\n').stdout)[0]["id"] for k in range(3)]
+    hook = git_repo / ".git" / "hooks" / "reference-transaction"
+    hook.write_text("#!/bin/sh\n[ \"$1\" = prepared ] || exit 0\n"
+                    f"if grep -q ' {PREFIX}{max(new)}$'; then echo cut off >&2; exit 1; fi\n")
+    hook.chmod(0o755)
+    before = refs(git_repo)
+    r, merged, _ = pull(git_repo, tool_env, peer)
+    assert r.returncode == 1 and merged == [] and "cut off" in r.stderr, r.stderr
+    assert refs(git_repo) == before
+    hook.unlink()
+    r, merged, _ = pull(git_repo, tool_env, peer)
+    assert r.returncode == 0 and {m["id"] for m in merged} == {shared, *new}
