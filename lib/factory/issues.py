@@ -10,6 +10,10 @@ compare-and-swap; a lost swap re-reads and re-applies. Events carry a time that 
 goes backwards along a history (max(now, parent + 1us)), so the state is always the fold
 of the events sorted by (time, event id): two clones that changed the same issue merge by
 folding the union of their events, whichever clone does it, losing neither.
+
+Stored data is read defensively: a ref or issue.json that is not an issue is reported
+and skipped, never fatal to a reader. What another clone sends is checked whole by
+peerdata before `pull` moves any ref, and trust only ever comes from this repository.
 """
 
 from __future__ import annotations
@@ -129,8 +133,9 @@ def _event_of(message: str) -> dict | None:
         ev = json.loads(body)
     except (ValueError, RecursionError):
         return None  # damage is reported where the issue is read, not here
-    return ev if isinstance(ev, dict) and isinstance(ev.get("type"), str) and isinstance(ev.get("at"), str) \
-        and isinstance(ev.get("id"), str) else None
+    if not isinstance(ev, dict) or not all(isinstance(ev.get(k), str) for k in ("type", "at", "id")):
+        return None
+    return ev
 
 
 def _issue_blob(issue: dict) -> bytes:
