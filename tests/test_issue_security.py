@@ -404,6 +404,7 @@ def test_no_stored_data_makes_the_readers_crash(git_repo, tool_env):
     assert r.returncode == 1 and "Traceback" not in r.stderr
     status = run_tool(["factory", "status", "--json"], cwd=git_repo, env=tool_env)
     assert "Traceback" not in status.stderr and json.loads(status.stdout)["issues"]["total"] == 1
+    assert json.loads(status.stdout)["issues"]["damaged"] == len(damage) and status.returncode == 1
     assert "git update-ref -d" in status.stderr
     logs = run_tool(["factory", "logs", bad_id], cwd=git_repo, env=tool_env)
     assert logs.returncode == 1 and "no log yet" in logs.stderr and "Traceback" not in logs.stderr

@@ -167,8 +167,10 @@ class IssueStore:
         self.repo = repo
         self.warn = warn          # where damage found while reading is reported
         self._warned: set[str] = set()
+        self.damaged: set[str] = set()  # refs the last all() skipped
 
-    def _report(self, message: str) -> None:
+    def _report(self, ref: str, message: str) -> None:
+        self.damaged.add(ref)
         if message not in self._warned:  # once per store, however often it is read
             self._warned.add(message)
             self.warn(message)
@@ -182,12 +184,13 @@ class IssueStore:
         something other than a commit, or whose issue.json is not an issue, is reported
         (once) and left out, so one bad ref cannot stop list, next or the supervisor."""
         good = []
+        self.damaged = set()
         for oid, kind, ref in self.repo.typed_refs(ISSUES_PREFIX):
             issue_id = ref[len(ISSUES_PREFIX):]
             if not contracts.ID_RE.match(issue_id):
-                self._report(damage_message(ref, "is not named by an issue id (12 hex digits)"))
+                self._report(ref, damage_message(ref, "is not named by an issue id (12 hex digits)"))
             elif kind != "commit":
-                self._report(damage_message(ref, f"points at a {kind}, not a commit"))
+                self._report(ref, damage_message(ref, f"points at a {kind}, not a commit"))
             else:
                 good.append((ref, issue_id, oid))
         objs = self.repo.cat_batch([f"{oid}:{ISSUE_FILE}" for _, _, oid in good])
@@ -196,7 +199,7 @@ class IssueStore:
             try:
                 issues.append(_parse_issue(ref, issue_id, obj))
             except DamagedIssue as e:
-                self._report(str(e))
+                self._report(ref, str(e))
         issues.sort(key=lambda i: (i["created"], i["id"]))
         return issues
 
