@@ -118,7 +118,8 @@ def test_status_reports_engine_config_and_issues(git_repo, tool_env):
     assert r.returncode == 0, r.stdout + r.stderr
     s = json.loads(r.stdout)
     assert s["engine"]["ok"] is True and s["engine"]["version"]
-    assert s["config"]["ok"] and s["issues"] == {"total": 2, "ready": 1, "by_state": {"open": 1, "claimed": 1}}
+    assert s["config"]["ok"] and s["issues"] == {"total": 2, "ready": 1, "by_state": {"open": 1, "claimed": 1},
+                                                 "damaged": 0}
     human = run_tool(["factory", "status"], cwd=git_repo, env=tool_env).stdout
     assert "engine   docker" in human and "2 total, 1 ready" in human
 

@@ -133,17 +133,17 @@ def test_two_clones_that_changed_one_issue_merge_without_loss(git_repo, tmp_path
     b.update(issue["id"], {"add_labels": ["b-label"], "remove_labels": ["bug"]}, "human:b")
     (filed_in_b, _), = b.file([draft(title="only in b")], "human:b")
 
-    merged = {i["id"]: how for i, how in ((i, h) for i, h in a.pull(str(other)))}
+    merged = {i["id"]: how for i, how in a.pull(str(other), trusted=True).merged}
     assert merged[issue["id"]] == "merged" and merged[filed_in_b["id"]] == "new"
     got = a.get(issue["id"])
     assert sorted(c["text"] for c in got["comments"]) == ["from a", "from b"]
     assert set(got["labels"]) == {"a-label", "b-label"} and got["priority"] == 0
 
     # the other side pulls back: both clones now hold the same issue
-    assert dict((i["id"], h) for i, h in b.pull(str(git_repo)))[issue["id"]] == "fast-forward"
+    assert dict((i["id"], h) for i, h in b.pull(str(git_repo), trusted=True).merged)[issue["id"]] == "fast-forward"
     assert b.get(issue["id"]) == a.get(issue["id"])
     # merging again changes nothing
-    assert dict((i["id"], h) for i, h in a.pull(str(other)))[issue["id"]] == "up-to-date"
+    assert dict((i["id"], h) for i, h in a.pull(str(other), trusted=True).merged)[issue["id"]] == "up-to-date"
     fsck = subprocess.run(["git", "-C", str(git_repo), "fsck", "--strict"], capture_output=True, text=True)
     assert fsck.returncode == 0, fsck.stderr
 

@@ -123,7 +123,7 @@ Reports the config, the Docker engine, the slots and the issues by state.
 \b
 Exit codes:
   0  all is well
-  1  something needs attention (invalid config, no Docker engine)
+  1  something needs attention (invalid config, no Docker engine, damaged issue refs)
   2  not in a git repository
 
 \b
@@ -153,10 +153,11 @@ def status(as_json):
         "v": 1, "repo": top, "config": cfg_state, "engine": sandbox.engine_info(),
         "supervisor": {"running": bool(_supervisor_pid(repo)), "pid": _supervisor_pid(repo)},
         "slots": _slot_status(repo, cfg),
-        "issues": {"total": len(issues), "ready": len(store.ready(issues)), "by_state": by_state},
+        "issues": {"total": len(issues), "ready": len(store.ready(issues)), "by_state": by_state,
+                   "damaged": len(store.damaged)},
         "agents": _agents(repo),
     }
-    healthy = cfg_state["ok"] and report["engine"]["ok"]
+    healthy = cfg_state["ok"] and report["engine"]["ok"] and not store.damaged
     if as_json:
         emit(report)
     else:
@@ -312,14 +313,18 @@ Examples:
 def logs(issue, follow):
     """Show the supervisor's or an agent's log."""
     import time
-    from .issues import IssueStore, NoSuchIssue
+    from .issues import DamagedIssue, IssueStore, NoSuchIssue
     from .paths import state_dir
     repo = _repo()
     if issue:
+        store = IssueStore(repo)
         try:
-            issue_id = IssueStore(repo).get(issue)["id"]
+            issue_id = store.get(issue)["id"]
         except NoSuchIssue as e:
             raise BadInput(TOOL, str(e))
+        except DamagedIssue as e:
+            say(TOOL, str(e))
+            issue_id = store.resolve(issue)  # its agent's log is still worth reading
         path = os.path.join(state_dir(repo), "logs", f"{issue_id}.log")
     else:
         path = os.path.join(state_dir(repo), "supervisor.log")
@@ -443,7 +448,8 @@ def _print_status(r: dict) -> None:
     click.echo(f"slots    {s['used']}/{s['total']}: worker {k['worker']['used']}/{k['worker']['size']}, "
                f"sensor {k['sensor']['used']}/{k['sensor']['size']}, "
                f"adversary {k['adversary']['used']}/{k['adversary']['size']}")
-    click.echo(f"issues   {iss['total']} total, {iss['ready']} ready: {states}")
+    click.echo(f"issues   {iss['total']} total, {iss['ready']} ready: {states}"
+               + (f"; {iss['damaged']} damaged refs skipped (see above)" if iss.get("damaged") else ""))
     for a in r["agents"]:
         click.echo(f"agent    {a['issue'] or '-'}  run {a['run']}  {a['age_s']:.0f}s  "
                    f"turns {a['turns']}  tokens {a['tokens']}")

@@ -9,6 +9,7 @@ import click
 from . import contracts
 from .cli import (CONTEXT_SETTINGS, EXIT_CODES_HELP, EXIT_NO, BadInput, Failed, emit, pretty_option,
                   quiet_option, read_json_lines, repo_option, run_main, say, stdin_is_data)
+from .peerdata import MAX_CLOCK_SKEW_SECONDS, MAX_ISSUE_COMMITS
 
 TOOL = "factory-issue"
 
@@ -22,7 +23,7 @@ def _store():
     from .gitstore import GitError, NotARepository, Repo
     from .issues import IssueStore
     try:
-        return IssueStore(Repo())
+        return IssueStore(Repo(), warn=lambda m: say(TOOL, m))
     except NotARepository as e:
         raise BadInput(TOOL, str(e))
     except GitError as e:
@@ -52,15 +53,17 @@ def _guard(fn):
 
     @wraps(fn)
     def wrapper(*args, **kwargs):
-        from .gitstore import GitError, RefConflict
-        from .issues import NoSuchIssue, NotClaimable
+        from .gitstore import GitError, RefConflict, UnsafeArgument
+        from .issues import DamagedIssue, NoSuchIssue, NotClaimable
         try:
             return fn(*args, **kwargs)
         except contracts.ContractError as e:
             raise BadInput(TOOL, f"{e}; nothing was written")
+        except UnsafeArgument as e:
+            raise BadInput(TOOL, f"{e}; nothing was written")
         except NoSuchIssue as e:
             raise BadInput(TOOL, str(e))
-        except NotClaimable as e:
+        except (NotClaimable, DamagedIssue) as e:
             raise Failed(TOOL, str(e))
         except RefConflict as e:
             raise Failed(TOOL, f"gave up after repeated write conflicts ({e}); try again")
@@ -119,9 +122,11 @@ def cli():
 Input: one JSON object per line. Fields: title (required, one line, at most
 {contracts.MAX_TITLE_CHARS} characters), body (at most {contracts.MAX_BODY_BYTES // 1024} KiB), labels (list), priority
 (0 most urgent .. 4, default 2), fingerprint, source (human, sensor:NAME, adversary:NAME,
-peer:NAME), trust (trusted, untrusted), kind (worker, sensor, adversary; who takes it),
-depends_on (list of issue ids). Fields the store sets (id, state, ...) are ignored, so
-`factory-issue show X | factory-issue file` copies an issue.
+peer:NAME), trust (trusted, untrusted; default trusted, but untrusted for peer:NAME),
+kind (worker, sensor, adversary; who takes it), depends_on (list of issue ids). Fields
+the store sets (id, state, ...) are ignored, so `factory-issue show X | factory-issue
+file` copies an issue. An issue from peer:NAME may be trusted only if factory.yaml's
+peers.NAME.trust is trusted: trust comes from the config, not from the issue.
 Output: one issue per input line, in order.
 
 {EXIT_CODES_HELP}
@@ -158,11 +163,30 @@ def file_cmd(files, dedupe, by, pretty, quiet):
                 raise BadInput(TOOL, f"{name} line {n}: {e}; nothing was written")
     if not drafts:
         raise BadInput(TOOL, "no issues in the input; nothing was written")
-    results = _store().file(drafts, _actor(by), dedupe=dedupe)
+    store = _store()
+    _check_peer_trust(store.repo, drafts)
+    results = store.file(drafts, _actor(by), dedupe=dedupe)
     skipped = sum(1 for _, filed in results if not filed)
     _print_issues([i for i, _ in results], pretty)
     if not quiet:
         say(TOOL, f"filed {len(results) - skipped} issue(s)" + (f", {skipped} duplicate(s) not filed" if skipped else ""))
+
+
+def _check_peer_trust(repo, drafts):
+    """An issue from peer:NAME is trusted only if factory.yaml says so of that peer: a
+    draft cannot vouch for itself."""
+    claims = [(n, d) for n, d in enumerate(drafts, 1) if d["source"].startswith("peer:") and d["trust"] == "trusted"]
+    if not claims:
+        return
+    from .cli import load_config
+    peers = load_config(TOOL, repo)["peers"]
+    for n, d in claims:
+        name = d["source"][len("peer:"):]
+        if peers.get(name, {}).get("trust") != "trusted":
+            raise BadInput(TOOL, f"issue {n} ({d['title'][:60]!r}): source {d['source']} claims trust: trusted, "
+                                 f"but trust comes from factory.yaml's peers.{name}.trust, which is "
+                                 f"{peers[name]['trust'] if name in peers else 'not set'}; file it as "
+                                 "untrusted (or set that peer trusted); nothing was written")
 
 
 def _filter_options(f):
@@ -247,12 +271,20 @@ Examples:
 @_guard
 def show_cmd(ids, no_history, pretty):
     """Show issues whole, by id or unique prefix (or ids piped in as JSON lines)."""
+    from .issues import DamagedIssue
     store = _store()
+    damaged = 0
     for issue_id in _target_ids(ids):
-        issue = store.get(issue_id)
+        try:
+            issue = store.get(issue_id)
+        except DamagedIssue as e:
+            say(TOOL, str(e))  # the rest are still shown
+            damaged += 1
+            continue
         if not no_history:
             issue["history"] = store.history(issue["id"])
         emit(_ordered(issue), pretty=pretty)
+    return EXIT_NO if damaged else 0
 
 
 @cli.command("next", context_settings=CONTEXT_SETTINGS, epilog="""
@@ -445,25 +477,85 @@ def close_cmd(ids, reason, state, by, pretty):
 
 @cli.command("pull", context_settings=CONTEXT_SETTINGS, epilog=f"""
 \b
-Fetches the other clone's refs/factory/issues/* and merges each issue's history into
-ours: an issue both sides changed keeps both sides' events (comments, labels, fields;
-for one field set on both sides, the later change wins). Only refs/factory/ is written.
-Output: one line per issue: {{"id", "title", "state", "merge": new|up-to-date|fast-forward|merged}}.
+Fetches the objects of the other clone's refs/factory/issues/* under no ref at all (not
+even FETCH_HEAD) and checks every issue's whole history before any ref moves: the
+ref is an issue id and points at a commit; each commit carries one well-formed event for
+that issue (with the limits `file` has); the history starts with its one filed event;
+event times never go backwards and are at most {MAX_CLOCK_SKEW_SECONDS} s in the future;
+at most {MAX_ISSUE_COMMITS} commits; the issue.json at the tip is the fold of the events.
+A bad issue is skipped and reported; all good issues then move in one transaction, so
+an interrupted pull moves nothing.
 
-{EXIT_CODES_HELP}
+\b
+What arrives is untrusted unless --trusted is given (or REMOTE is a peer that factory.yaml
+marks trusted): an issue whose new events change trust or source is refused; a new
+issue is taken in with our own event setting trust: untrusted and source: peer:NAME
+(NAME: the peer's name, else the last part of REMOTE); a trusted issue of ours that it
+changed gets our event setting trust: untrusted. Only a trusted pull brings trust.
+An issue both sides changed keeps both sides' events (comments, labels, fields; for one
+field set on both sides, the later change wins). Only refs/factory/ is written.
+
+\b
+REMOTE: a git remote's name, a path, a URL (file://, ssh://, https://, host:path), or the
+name of a peer in factory.yaml (its url and trust are used). It may not start with '-'.
+
+\b
+Output: one line per issue: {{"id", "title", "state", "merge": new|up-to-date|fast-forward|merged}};
+one line per skipped ref: {{"ok": false, "ref", "error"}} (also said on stderr).
+
+\b
+Exit codes:
+  0  done: every issue was merged or already up to date
+  1  some refs were skipped (the good ones were merged), or the fetch failed
+  2  usage or bad input (a REMOTE that starts with '-', a bad factory.yaml); nothing was written
 
 \b
 Examples:
   factory-issue pull origin
+  factory-issue pull --trusted /path/to/my/other/clone
+  factory-issue pull libfoo | jq -c 'select(.ok == false)'
   factory-issue pull /path/to/other/clone | jq -r 'select(.merge == "merged") | .id'
 """)
 @click.argument("remote")
+@click.option("--trusted", is_flag=True,
+              help="The remote is a clone of this repository's own people: take trust and source "
+                   "changes as they come.")
+@click.option("--by", metavar="ACTOR", help="Who marks new issues from an untrusted remote "
+                                             "(default: env FACTORY_ACTOR, else human:$USER).")
 @repo_option
 @_guard
-def pull_cmd(remote):
-    """Merge the issues of another clone (a remote name, path or URL) into this one."""
-    for issue, how in _store().pull(remote):
+def pull_cmd(remote, trusted, by):
+    """Merge the issues of another clone (a remote name, path or URL, or a peer) into this one."""
+    from .gitstore import check_remote
+    check_remote(remote)  # before anything else: such a value never reaches git
+    store = _store()
+    url, peer = remote, None
+    if contracts.SOURCE_RE.match(f"peer:{remote}"):  # could name a peer in factory.yaml
+        from .cli import load_config
+        peers = load_config(TOOL, store.repo)["peers"]
+        if remote in peers:
+            url, peer = _peer_url(remote, peers[remote]), remote
+            trusted = trusted or peers[remote]["trust"] == "trusted"
+    result = store.pull(url, trusted=trusted, peer=peer, actor=_actor(by))
+    for issue, how in result.merged:
         emit({"id": issue["id"], "title": issue["title"], "state": issue["state"], "merge": how})
+    for ref, error in result.rejected:
+        say(TOOL, f"skipped {ref}: {error}")
+        emit({"ok": False, "ref": ref, "error": error})
+    if result.rejected:
+        say(TOOL, f"skipped {len(result.rejected)} issue(s) from {remote}; took the other "
+                  f"{len(result.merged)} (fix or remove the skipped refs there, then pull again)")
+        return EXIT_NO
+    return 0
+
+
+def _peer_url(name, peer):
+    if peer["url"].startswith("github:"):
+        if peer["type"] == "github":
+            raise BadInput(TOOL, f"peer {name} is a GitHub peer (type: github); its issues come "
+                                 "through the GitHub API, which pull does not speak yet")
+        return f"https://github.com/{peer['url'][len('github:'):]}.git"
+    return peer["url"]
 
 
 def main() -> int:

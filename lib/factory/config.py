@@ -116,6 +116,50 @@ class StrList:
         return v, None
 
 
+PEER_GITHUB_RE = re.compile(r"^github:[A-Za-z0-9][A-Za-z0-9-]{0,38}/[A-Za-z0-9._-]{1,100}$")
+PEER_SCHEMES = ("file", "ssh", "https")
+PEER_URL_HINT = "give a path, file://, ssh://, https://, git@host:path or github:OWNER/REPO"
+
+
+def check_peer_url(v) -> str | None:
+    """Why `v` cannot be a peer's URL, or None. A peer URL reaches `git fetch`: a value
+    git would read as an option (`--upload-pack=CMD`) or as a transport that runs a
+    program (`ext::CMD`, `X::` remote helpers) must never get that far."""
+    if not isinstance(v, str) or not v.strip():
+        return f"must be a non-empty string, not {v!r}"
+    if re.search(r"[\x00-\x1f\x7f]", v):
+        return f"{v!r} holds a control character (newline, NUL, ...); remove it"
+    if v.startswith("-"):
+        return f"{v!r} starts with '-', which git would take as an option; {PEER_URL_HINT}"
+    if v.startswith("github:"):
+        return None if PEER_GITHUB_RE.match(v) else f"{v!r} is not github:OWNER/REPO"
+    if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*::", v):
+        return f"{v!r} names a git transport helper (X::...), which runs a program; {PEER_URL_HINT}"
+    scheme, sep, rest = v.partition("://")
+    if sep:
+        if scheme not in PEER_SCHEMES:
+            return f"{v!r}: the scheme {scheme}:// is not accepted; {PEER_URL_HINT}"
+        host = rest.rpartition("@")[2] if "@" in rest.split("/", 1)[0] else rest
+        if scheme != "file" and (not rest or host.startswith("-") or rest.startswith("-")):
+            return f"{v!r} has no host, or one that starts with '-'; {PEER_URL_HINT}"
+        return None
+    head, colon, _ = v.partition(":")
+    if colon and "/" not in head:  # git reads host:path as scp-like ssh
+        if not re.match(r"^([A-Za-z0-9._-]+@)?[A-Za-z0-9][A-Za-z0-9.-]*$", head):
+            return f"{v!r} is not user@host:path; {PEER_URL_HINT}"
+    return None
+
+
+@dataclass
+class PeerUrl:
+    """Where a peer's issues are fetched from (see check_peer_url)."""
+    default: str | None = None
+
+    def check(self, v):
+        err = check_peer_url(v)
+        return (None, err) if err else (v, None)
+
+
 @dataclass
 class Named:
     """A mapping from names the user picks to entries of one shape."""
@@ -178,7 +222,7 @@ SCHEMA: dict[str, Any] = {
         "map": Str(None, nullable=True),
     }, one_of=("command", "prompt")),
     "peers": Named({
-        "url": Str(None),
+        "url": PeerUrl(),
         "trust": Choice("untrusted", ("trusted", "untrusted")),
         "type": Choice("git", ("git", "github")),
     }, required=("url",)),
@@ -274,8 +318,10 @@ sensors: {}
 
 # Other factories this one files issues on, by name. Example:
 #   libfoo:
-#     url: https://github.com/example/libfoo.git
-#     trust: untrusted          # trusted or untrusted: what their issues may do here
+#     url: https://github.com/example/libfoo.git   # or a path, file://, ssh://,
+#                               # git@host:path, github:OWNER/REPO
+#     trust: untrusted          # trusted: `factory-issue pull libfoo` takes their trust
+#                               # and source changes; untrusted: their issues arrive untrusted
 #     type: git                 # git or github
 peers: {}
 

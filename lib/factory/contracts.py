@@ -30,6 +30,7 @@ SOURCE_RE = re.compile(r"^(human|(sensor|adversary|peer):[A-Za-z0-9][A-Za-z0-9._
 LABEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/+-]{0,63}$")
 ID_RE = re.compile(r"^[0-9a-f]{12}$")
 ID_PREFIX_RE = re.compile(r"^[0-9a-f]{1,12}$")
+RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 
 # Fields an issue carries that only the store sets. `factory-issue show X | factory-issue file`
 # copies an issue, so on input they are ignored rather than refused.
@@ -49,6 +50,12 @@ class ContractError(ValueError):
     def __init__(self, field: str, message: str):
         super().__init__(f"{field}: {message}")
         self.field = field
+
+
+def quote(value) -> str:
+    """A value quoted in an error message, cut: whoever sent it chose its size."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def now_iso() -> str:
@@ -78,7 +85,7 @@ def _labels(field: str, value) -> list[str]:
     out = []
     for v in value:
         if not isinstance(v, str) or not LABEL_RE.match(v):
-            raise ContractError(field, f"label {v!r} must match {LABEL_RE.pattern}")
+            raise ContractError(field, f"label {quote(v)} must match {LABEL_RE.pattern}")
         if v not in out:
             out.append(v)
     return out
@@ -95,7 +102,7 @@ def _priority(value) -> int:
 
 def _choice(field: str, value, choices) -> str:
     if value not in choices:
-        raise ContractError(field, f"is {value!r}; it must be one of: {', '.join(choices)}")
+        raise ContractError(field, f"is {quote(value)}; it must be one of: {', '.join(choices)}")
     return value
 
 
@@ -113,9 +120,9 @@ def _iso_time(field: str, value) -> str | None:
     try:
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
-        raise ContractError(field, f"{value!r} is not an ISO 8601 time such as 2026-01-31T12:00:00Z")
+        raise ContractError(field, f"{quote(value)} is not an ISO 8601 time such as 2026-01-31T12:00:00Z")
     if parsed.tzinfo is None:
-        raise ContractError(field, f"{value!r} needs a time zone, such as a trailing Z")
+        raise ContractError(field, f"{quote(value)} needs a time zone, such as a trailing Z")
     return parsed.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
@@ -135,7 +142,7 @@ def _field(name: str, value):
         return _text(name, value, max_chars=MAX_FINGERPRINT_CHARS, single_line=True, empty_ok=False)
     if name == "source":
         if not isinstance(value, str) or not SOURCE_RE.match(value):
-            raise ContractError(name, f"{value!r} must be 'human', 'sensor:NAME', 'adversary:NAME' or 'peer:NAME'")
+            raise ContractError(name, f"{quote(value)} must be 'human', 'sensor:NAME', 'adversary:NAME' or 'peer:NAME'")
         return value
     if name == "trust":
         return _choice(name, value, TRUST_LEVELS)
@@ -148,7 +155,11 @@ def _field(name: str, value):
     if name == "branch":
         if value is None:
             return None
-        return _text(name, value, max_chars=255, single_line=True, empty_ok=False)
+        value = _text(name, value, max_chars=255, single_line=True, empty_ok=False)
+        if value.startswith("-") or re.search(r"[\x00-\x1f\x7f]", value):
+            raise ContractError(name, f"{quote(value)} is not a branch name (it may not start with '-' "
+                                      "or hold control characters)")
+        return value
     if name == "claimed_by":
         if value is None:
             return None
@@ -178,6 +189,8 @@ def validate_draft(obj) -> dict:
     for k in DRAFT_FIELDS:
         if k in obj:
             draft[k] = _field(k, obj[k])
+    if "trust" not in obj and draft["source"].startswith("peer:"):
+        draft["trust"] = "untrusted"  # a peer's issue is trusted only where someone says so
     return draft
 
 
@@ -196,9 +209,7 @@ def validate_patch(obj) -> dict:
         if k in ("add_labels", "remove_labels"):
             patch[k] = _labels(k, v)
         elif k == "add_runs":
-            if not isinstance(v, list) or not all(isinstance(r, str) and r for r in v):
-                raise ContractError(k, "must be a list of run ids")
-            patch[k] = v
+            patch[k] = _run_ids(k, v)
         elif k in PATCH_FIELDS:
             patch[k] = _field(k, v)
         else:
@@ -207,8 +218,48 @@ def validate_patch(obj) -> dict:
     return patch
 
 
+def _run_ids(field: str, value) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(r, str) and RUN_ID_RE.match(r) for r in value):
+        raise ContractError(field, "must be a list of run ids (letters, digits, . _ : -; at most 128)")
+    return value
+
+
 def validate_comment(text) -> str:
     return _text("comment", text, max_bytes=MAX_COMMENT_BYTES, empty_ok=False)
+
+
+# -- an issue as stored -------------------------------------------------------------------
+
+# What every reader (list, next, show, factory status, the supervisor) relies on, by type.
+_STORED_TYPES = {
+    "title": str, "body": str, "state": str, "kind": str, "labels": list, "priority": int,
+    "source": str, "trust": str, "depends_on": list, "attempts": int, "runs": list,
+    "comments": list, "created": str, "updated": str,
+    "fingerprint": (str, type(None)), "branch": (str, type(None)), "claimed_by": (str, type(None)),
+    "not_before": (str, type(None)),
+}
+
+
+def check_stored_issue(obj, issue_id: str) -> str | None:
+    """Why a stored issue cannot be used as one, or None. Cheap enough to run on every
+    issue `list` reads: it checks types and choices, not sizes."""
+    if not isinstance(obj, dict):
+        return f"issue.json holds a {type(obj).__name__}, not an object"
+    if obj.get("id") != issue_id:
+        return f"issue.json's id {quote(obj.get('id'))} is not the ref's {issue_id}"
+    for k, t in _STORED_TYPES.items():
+        if k not in obj:
+            return f"issue.json lacks {k}"
+        if not isinstance(obj[k], t) or (t is int and isinstance(obj[k], bool)):
+            return f"issue.json's {k} is {quote(obj[k])}"
+    for k, choices in (("state", STATES), ("kind", KINDS), ("trust", TRUST_LEVELS)):
+        if obj[k] not in choices:
+            return f"issue.json's {k} {quote(obj[k])} is not one of {', '.join(choices)}"
+    if not all(isinstance(x, str) for x in obj["labels"] + obj["depends_on"]):
+        return "issue.json's labels and depends_on must hold strings"
+    if len(obj["labels"]) > MAX_LABELS:
+        return f"issue.json has {len(obj['labels'])} labels; at most {MAX_LABELS} are allowed"
+    return None
 
 
 # -- task (input to factory-spawn) -------------------------------------------------------
@@ -240,6 +291,10 @@ def validate_task(obj) -> dict:
     for key in ("ref", "target", "model"):
         if key in obj:
             task[key] = _text(key, obj[key], max_chars=255, single_line=True, empty_ok=False)
+            if key != "model" and (task[key].startswith("-") or re.search(r"[\x00-\x1f\x7f]", task[key])):
+                # a rev reaches git: one that starts with '-' would be read as an option
+                raise ContractError(key, f"{quote(task[key])} is not a rev (a branch, tag or commit; "
+                                         "it may not start with '-' or hold control characters)")
     budgets = obj.get("budgets", {})
     if not isinstance(budgets, dict):
         raise ContractError("budgets", "must be an object such as {\"turns\": 20}")
@@ -247,7 +302,7 @@ def validate_task(obj) -> dict:
         if k not in BUDGET_KEYS:
             raise ContractError(f"budgets.{k}", f"is not a budget ({', '.join(BUDGET_KEYS)})")
         if isinstance(v, bool) or not isinstance(v, BUDGET_KEYS[k]) or v <= 0:
-            raise ContractError(f"budgets.{k}", f"must be a positive number, not {v!r}")
+            raise ContractError(f"budgets.{k}", f"must be a positive number, not {quote(v)}")
     task["budgets"] = dict(budgets)
     for key in ("sensor", "adversary"):
         if key in obj:

@@ -20,6 +20,9 @@ import time
 from dataclasses import dataclass, field
 
 ZERO = "0" * 40
+# The transports a fetch may use: none of them runs a program named by the URL, as
+# ext:: or a remote helper (X::URL, unknown schemes) would.
+SAFE_TRANSPORTS = ("file", "ssh", "https", "http", "git")
 STALE_LOCK_SECONDS = 30  # a ref lock older than this was left by a killed writer
 
 
@@ -53,6 +56,41 @@ def _not_yours(path: str) -> str:
     return (f"'{top}' belongs to {owner}, not to you ({me}): git refuses another user's repository, "
             f"and factory would leave files in it that its owner cannot change. Run factory as its "
             f"owner (e.g. sudo -u {owner} factory ...); a member of the docker group needs no root")
+
+
+class UnsafeArgument(ValueError):
+    """A value from outside (a user, a config, a peer, an agent) that git could take as an
+    option or that carries control characters: refused before any git process starts."""
+
+
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def check_arg(value, what: str) -> str:
+    """`value` as it may reach git as a rev, remote or path; UnsafeArgument otherwise.
+
+    git reads any argument that starts with '-' as an option (`--upload-pack=CMD` runs
+    CMD), so such values are refused here as well as fenced with --end-of-options below:
+    one guard for commands that honour it, both for those that do not."""
+    if not isinstance(value, str) or not value:
+        raise UnsafeArgument(f"{what}: must be a non-empty string")
+    if value.startswith("-"):
+        raise UnsafeArgument(f"{what} '{value}' starts with '-', which git would take as an option; "
+                             f"name it another way (for a path: ./{value})")
+    if _CONTROL_RE.search(value):
+        raise UnsafeArgument(f"{what} {value!r} holds a control character (newline, NUL, ...); remove it")
+    return value
+
+
+def check_remote(remote) -> str:
+    """A remote name, path or URL that is safe to fetch from (see check_arg). `X::ADDRESS`
+    asks git for the remote helper git-remote-X (ext:: runs a shell command): refused here
+    too, besides the transports `fetch` allows."""
+    check_arg(remote, "remote")
+    if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*::", remote):
+        raise UnsafeArgument(f"remote '{remote}' names a git transport helper (X::...), which runs a "
+                             "program; give a path, a remote's name or a file://, ssh:// or https:// URL")
+    return remote
 
 
 @dataclass
@@ -114,15 +152,23 @@ class Repo:
 
     def refs(self, pattern: str) -> dict[str, str]:
         """Map refname -> object id for refs matching a for-each-ref pattern."""
-        out = self.git("for-each-ref", "--format=%(objectname) %(refname)", pattern).decode()
-        refs = {}
-        for line in out.splitlines():
-            oid, name = line.split(" ", 1)
-            refs[name] = oid
-        return refs
+        return {name: oid for oid, _, name in self.typed_refs(pattern)}
+
+    def typed_refs(self, pattern: str) -> list[tuple[str, str, str]]:
+        """(object id, object type, refname) for refs matching a for-each-ref pattern: the
+        type comes free with the listing, so a ref to a blob is seen before it is read."""
+        out = self.git("for-each-ref", "--format=%(objectname) %(objecttype) %(refname)",
+                       "--end-of-options", pattern).decode()
+        return [tuple(line.split(" ", 2)) for line in out.splitlines()]
 
     def resolve(self, ref: str) -> str | None:
-        out = self.git("rev-parse", "--verify", "-q", ref + "^{commit}", check=False).decode().strip()
+        """The commit `ref` names, or None (also for a value git would take as an option)."""
+        try:
+            check_arg(ref, "rev")
+        except UnsafeArgument:
+            return None
+        out = self.git("rev-parse", "--verify", "-q", "--end-of-options", ref + "^{commit}",
+                       check=False).decode().strip()
         return out or None
 
     def cat_batch(self, specs: list[str]) -> list[tuple[str, str, bytes] | None]:
@@ -144,9 +190,37 @@ class Repo:
             pos += size + 1  # content is followed by a newline
         return results
 
+    def cat_batch_check(self, specs: list[str]) -> list[tuple[str, str, int] | None]:
+        """(oid, type, size) per spec without reading contents; None if missing."""
+        if not specs:
+            return []
+        out = self.git("cat-file", "--batch-check", input=("\n".join(specs) + "\n").encode()).decode()
+        results = []
+        for line in out.splitlines():
+            parts = line.split(" ")
+            if len(parts) == 3 and parts[2].isdigit():
+                results.append((parts[0], parts[1], int(parts[2])))
+            else:
+                results.append(None)
+        return results
+
+    def rev_list(self, tips: list[str], *, max_count: int) -> dict[str, list[str]]:
+        """commit -> parents for the commits reachable from tips (object ids), at most
+        max_count of them; the graph only, no commit is read whole."""
+        if not tips:
+            return {}
+        for t in tips:
+            if not re.fullmatch(r"[0-9a-f]{40}|[0-9a-f]{64}", t):
+                raise UnsafeArgument(f"rev_list takes object ids, not {t!r}")
+        out = self.git("rev-list", "--parents", f"--max-count={max_count}", "--stdin",
+                       input=("\n".join(tips) + "\n").encode())
+        return {ids[0]: ids[1:] for ids in (line.split() for line in out.decode().splitlines()) if ids}
+
     def log_messages(self, *revs: str) -> list[tuple[str, list[str], str]]:
         """(commit, parents, message) for every commit reachable from revs, newest first."""
-        out = self.git("log", "--format=%H %P%x00%B%x00", *revs, "--").decode()
+        for rev in revs:
+            check_arg(rev, "rev")
+        out = self.git("log", "--format=%H %P%x00%B%x00", "--end-of-options", *revs, "--").decode()
         entries = []
         for chunk in out.split("\x00\n"):
             if not chunk.strip("\n\x00"):
@@ -158,7 +232,8 @@ class Repo:
 
     def read_tree(self, rev: str, prefix: str) -> dict[str, bytes]:
         """Every file under `prefix` at `rev` (not the work tree): path -> content."""
-        out = self.git("ls-tree", "-r", "-z", rev, "--", prefix, check=False)
+        check_arg(rev, "rev")
+        out = self.git("ls-tree", "-r", "-z", "--end-of-options", rev, "--", prefix, check=False)
         entries = []
         for item in out.split(b"\0"):
             if not item:
@@ -171,8 +246,10 @@ class Repo:
         return {path: b[2] for (path, _), b in zip(entries, blobs) if b is not None}
 
     def is_ancestor(self, a: str, b: str) -> bool:
-        p = subprocess.run(["git", "--git-dir", self.git_dir, "merge-base", "--is-ancestor", a, b],
-                           capture_output=True)
+        check_arg(a, "rev")
+        check_arg(b, "rev")
+        p = subprocess.run(["git", "--git-dir", self.git_dir, "merge-base", "--is-ancestor",
+                            "--end-of-options", a, b], capture_output=True)
         if p.returncode not in (0, 1):
             raise GitError(f"git merge-base failed: {p.stderr.decode(errors='replace').strip()}")
         return p.returncode == 0
@@ -201,14 +278,16 @@ class Repo:
         base = self.resolve(rev)
         if base is None:
             raise GitError(f"'{rev}' is not a commit in {self.git_dir}")
-        self.run("clone", "-q", "--local", "--no-checkout", self.git_dir, dest)
-        self.run("-C", dest, "checkout", "-q", "-B", branch, base)
+        check_arg(branch, "branch")
+        self.run("clone", "-q", "--local", "--no-checkout", "--", self.git_dir, os.path.abspath(dest))
+        self.run("-C", dest, "checkout", "-q", "-B", branch, base, "--")
         self.run("-C", dest, "remote", "remove", "origin")  # the host path means nothing inside
         return base
 
     def unbundle(self, bundle_path: str) -> dict[str, str]:
         """Verify a bundle against this repository and store its objects (no ref moves);
         return the refs it carries (name -> commit)."""
+        bundle_path = os.path.abspath(bundle_path)  # `bundle` knows no --end-of-options
         self.git("bundle", "verify", "-q", bundle_path)
         out = self.git("bundle", "unbundle", bundle_path).decode()
         heads = {}
@@ -217,6 +296,40 @@ class Repo:
             if re.fullmatch(r"[0-9a-f]{40}", oid):
                 heads[name] = oid
         return heads
+
+    # -- other clones --------------------------------------------------------------
+
+    def _remote_config(self) -> list[str]:
+        # Only transports that never run a program named by the URL, as ext:: or a remote
+        # helper (X::URL, an unknown scheme) would.
+        allow = [f"protocol.{p}.allow=always" for p in SAFE_TRANSPORTS]
+        return ["-c", "protocol.allow=never", *[x for a in allow for x in ("-c", a)]]
+
+    def remote_refs(self, remote: str, prefix: str) -> dict[str, str]:
+        """Another clone's refs under prefix (refname -> object id), read without writing
+        anything here. The remote is outside input: checked, and fenced off from options."""
+        check_remote(remote)
+        out = self.git(*self._remote_config(), "ls-remote", "--end-of-options", remote, prefix + "*").decode()
+        refs = {}
+        for line in out.splitlines():
+            oid, _, name = line.partition("\t")
+            if name.startswith(prefix):
+                refs[name] = oid
+        return refs
+
+    def fetch_objects(self, remote: str, oids: list[str]) -> None:
+        """Fetch the objects reachable from oids (tips another clone advertises) and write
+        no ref and no FETCH_HEAD: until someone moves a ref to them they are unreachable
+        data, which gc keeps for weeks. Received objects are fsck'ed."""
+        check_remote(remote)
+        if not oids:
+            return
+        for oid in oids:
+            if not re.fullmatch(r"[0-9a-f]{40}|[0-9a-f]{64}", oid):
+                raise UnsafeArgument(f"fetch_objects takes object ids, not {oid!r}")
+        self.git(*self._remote_config(), "-c", "transfer.fsckObjects=true",
+                 "fetch", "--quiet", "--no-tags", "--no-write-fetch-head", "--no-recurse-submodules",
+                 "--stdin", "--end-of-options", remote, input=("\n".join(oids) + "\n").encode())
 
     # -- writes --------------------------------------------------------------------
 

@@ -10,6 +10,10 @@ compare-and-swap; a lost swap re-reads and re-applies. Events carry a time that 
 goes backwards along a history (max(now, parent + 1us)), so the state is always the fold
 of the events sorted by (time, event id): two clones that changed the same issue merge by
 folding the union of their events, whichever clone does it, losing neither.
+
+Stored data is read defensively: a ref or issue.json that is not an issue is reported
+and skipped, never fatal to a reader. What another clone sends is checked whole by
+peerdata before `pull` moves any ref, and trust only ever comes from this repository.
 """
 
 from __future__ import annotations
@@ -17,11 +21,12 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 from datetime import datetime, timedelta, timezone
 
-from . import contracts, hidden
+from . import contracts, hidden, peerdata
 from .contracts import ContractError, now_iso
-from .gitstore import NewCommit, RefConflict, Repo, retry_cas
+from .gitstore import NewCommit, RefConflict, Repo, check_remote, retry_cas
 
 ISSUES_PREFIX = "refs/factory/issues/"
 ISSUE_FILE = "issue.json"
@@ -37,6 +42,14 @@ class NoSuchIssue(IssueError):
 
 class NotClaimable(IssueError):
     """claim lost: the issue is not open (someone else claimed it, or it is finished)."""
+
+
+class DamagedIssue(IssueError):
+    """The stored issue cannot be read; the message names the ref and what to do."""
+
+
+def damage_message(ref: str, why: str) -> str:
+    return (f"{ref}: {why}; skipped (look: git log {ref}; remove it: git update-ref -d {ref})")
 
 
 def new_id() -> str:
@@ -117,24 +130,79 @@ def _message(ev: dict) -> str:
 def _event_of(message: str) -> dict | None:
     _, _, body = message.partition("\n\n")
     body = body.strip()
-    return json.loads(body) if body.startswith("{") else None  # merge commits carry no event
+    if not body.startswith("{"):
+        return None  # merge commits carry no event
+    try:
+        ev = json.loads(body)
+    except (ValueError, RecursionError):
+        return None  # damage is reported where the issue is read, not here
+    if not isinstance(ev, dict) or not all(isinstance(ev.get(k), str) for k in ("type", "at", "id")):
+        return None
+    return ev
 
 
 def _issue_blob(issue: dict) -> bytes:
     return json.dumps(issue, sort_keys=True, separators=(",", ":")).encode()
 
 
+def _stderr(message: str) -> None:
+    print(f"factory: {message}", file=sys.stderr)
+
+
+def _parse_issue(ref: str, issue_id: str, obj) -> dict:
+    """The issue in a `ref:issue.json` read (cat_batch's tuple), or DamagedIssue."""
+    if obj is None:
+        raise DamagedIssue(damage_message(ref, "its commit has no issue.json"))
+    if obj[1] != "blob":
+        raise DamagedIssue(damage_message(ref, f"its issue.json is a {obj[1]}, not a file"))
+    try:
+        issue = json.loads(obj[2])
+    except (ValueError, RecursionError):
+        raise DamagedIssue(damage_message(ref, "its issue.json is not JSON"))
+    problem = contracts.check_stored_issue(issue, issue_id)
+    if problem:
+        raise DamagedIssue(damage_message(ref, problem))
+    return issue
+
+
 class IssueStore:
-    def __init__(self, repo: Repo):
+    def __init__(self, repo: Repo, warn=_stderr):
         self.repo = repo
+        self.warn = warn          # where damage found while reading is reported
+        self._warned: set[str] = set()
+        self.damaged: set[str] = set()  # refs the last all() skipped
+
+    def _report(self, ref: str, message: str) -> None:
+        self.damaged.add(ref)
+        if message not in self._warned:  # once per store, however often it is read
+            self._warned.add(message)
+            self.warn(message)
 
     # -- reading -------------------------------------------------------------------
 
     def all(self) -> list[dict]:
-        """Every issue, oldest first. Two git processes, however many issues."""
-        refs = self.repo.refs(ISSUES_PREFIX)
-        objs = self.repo.cat_batch([f"{oid}:{ISSUE_FILE}" for oid in refs.values()])
-        issues = [json.loads(o[2]) for o in objs if o is not None]
+        """Every issue, oldest first. Two git processes, however many issues.
+
+        No stored data makes this fail: a ref that is not an issue id, that points at
+        something other than a commit, or whose issue.json is not an issue, is reported
+        (once) and left out, so one bad ref cannot stop list, next or the supervisor."""
+        good = []
+        self.damaged = set()
+        for oid, kind, ref in self.repo.typed_refs(ISSUES_PREFIX):
+            issue_id = ref[len(ISSUES_PREFIX):]
+            if not contracts.ID_RE.match(issue_id):
+                self._report(ref, damage_message(ref, "is not named by an issue id (12 hex digits)"))
+            elif kind != "commit":
+                self._report(ref, damage_message(ref, f"points at a {kind}, not a commit"))
+            else:
+                good.append((ref, issue_id, oid))
+        objs = self.repo.cat_batch([f"{oid}:{ISSUE_FILE}" for _, _, oid in good])
+        issues = []
+        for (ref, issue_id, _), obj in zip(good, objs):
+            try:
+                issues.append(_parse_issue(ref, issue_id, obj))
+            except DamagedIssue as e:
+                self._report(ref, str(e))
         issues.sort(key=lambda i: (i["created"], i["id"]))
         return issues
 
@@ -146,7 +214,8 @@ class IssueStore:
                               "try: factory-issue list)")
         if contracts.ID_RE.match(id_or_prefix):
             return id_or_prefix
-        matches = [r[len(ISSUES_PREFIX):] for r in self.repo.refs(f"{ISSUES_PREFIX}{id_or_prefix}*")]
+        matches = [r[len(ISSUES_PREFIX):] for r in self.repo.refs(f"{ISSUES_PREFIX}{id_or_prefix}*")
+                   if contracts.ID_RE.match(r[len(ISSUES_PREFIX):])]
         if not matches:
             raise NoSuchIssue(f"no issue '{id_or_prefix}' in {ISSUES_PREFIX.rstrip('/')} (try: factory-issue list)")
         if len(matches) > 1:
@@ -156,10 +225,13 @@ class IssueStore:
 
     def read(self, issue_id: str) -> tuple[dict, str]:
         """(issue, commit) as they stand now."""
-        head = self.repo.cat_batch([f"{ISSUES_PREFIX}{issue_id}", f"{ISSUES_PREFIX}{issue_id}:{ISSUE_FILE}"])
-        if head[0] is None or head[1] is None:
+        ref = ISSUES_PREFIX + issue_id
+        head = self.repo.cat_batch([ref, f"{ref}:{ISSUE_FILE}"])
+        if head[0] is None:
             raise NoSuchIssue(f"no issue '{issue_id}' in {ISSUES_PREFIX.rstrip('/')} (try: factory-issue list)")
-        return json.loads(head[1][2]), head[0][0]
+        if head[0][1] != "commit":
+            raise DamagedIssue(damage_message(ref, f"points at a {head[0][1]}, not a commit"))
+        return _parse_issue(ref, issue_id, head[1]), head[0][0]
 
     def get(self, id_or_prefix: str) -> dict:
         return self.read(self.resolve(id_or_prefix))[0]
@@ -287,42 +359,128 @@ class IssueStore:
 
     # -- merging clones ------------------------------------------------------------
 
-    def merge(self, issue_id: str, theirs: str) -> tuple[dict, str]:
-        """Bring another clone's history of an issue (commit `theirs`) into ours.
+    def pull(self, remote: str, *, trusted: bool = False, peer: str | None = None,
+             actor: str | None = None) -> "PullResult":
+        """Fetch another clone's issues (a remote name, path or URL) and merge them into ours.
 
-        Returns (issue, how): how is 'new', 'up-to-date', 'fast-forward' or 'merged'."""
-        ref = ISSUES_PREFIX + issue_id
+        What arrives is checked whole (peerdata) before any ref of ours moves; a bad
+        history is skipped and reported, and every good issue moves in one transaction,
+        so a pull is all or nothing for the good issues and an interrupted one moves
+        nothing. From an untrusted remote (the default) an issue whose new events change
+        trust or source is refused, and a new issue is taken in only together with our
+        own event marking it untrusted and from `peer:NAME`."""
+        check_remote(remote)
+        peer = peer or peer_name(remote)
+        actor = actor or default_actor()
+        result = PullResult()
+        # Their refs are only read, and their objects fetched under no ref at all: nothing
+        # of theirs is named here until it has been checked.
+        theirs: dict[str, str] = {}
+        for ref, oid in sorted(self.repo.remote_refs(remote, ISSUES_PREFIX).items()):
+            issue_id = ref[len(ISSUES_PREFIX):]
+            if contracts.ID_RE.match(issue_id):
+                theirs[issue_id] = oid
+            else:
+                result.rejected.append((ref, "is not named by an issue id (12 hex digits)"))
+        mine = self.repo.refs(ISSUES_PREFIX)
+        same = {i for i, oid in theirs.items() if mine.get(ISSUES_PREFIX + i) == oid}
+        if same:  # the very commit we hold: nothing to fetch or check
+            have = {i["id"]: i for i in self.all()}
+            result.merged += [(have[i], "up-to-date") for i in sorted(same) if i in have]
+            theirs = {i: oid for i, oid in theirs.items() if i not in same}
+        self.repo.fetch_objects(remote, sorted(set(theirs.values())))
+        checked = peerdata.read_histories(self.repo, theirs)
+        for issue_id, h in sorted(checked.items()):
+            if isinstance(h, peerdata.Rejected):
+                result.rejected.append((ISSUES_PREFIX + issue_id, str(h)))
+        good = {i: h for i, h in checked.items() if isinstance(h, peerdata.History)}
+        merged, refused = retry_cas(lambda: self._adopt(good, trusted, peer, actor))
+        result.merged += merged
+        result.rejected += refused
+        return result
 
-        def attempt():
-            ours = self.repo.resolve(ref)
-            if ours is None:
-                self.repo.update_refs([(ref, theirs, None)])
-                return self.read(issue_id)[0], "new"
-            if self.repo.is_ancestor(theirs, ours):
-                return self.read(issue_id)[0], "up-to-date"
-            if self.repo.is_ancestor(ours, theirs):
-                self.repo.update_refs([(ref, theirs, ours)])
-                return self.read(issue_id)[0], "fast-forward"
-            events = {}
-            for _, _, msg in self.repo.log_messages(ours, theirs):
-                ev = _event_of(msg)
-                if ev:
-                    events[ev["id"]] = ev
-            issue = fold(list(events.values()))
-            oid = self.repo.write_commits([NewCommit(
-                {ISSUE_FILE: _issue_blob(issue)}, f"merge {issue_id}\n", parents=[ours, theirs])])[0]
-            self.repo.update_refs([(ref, oid, ours)])
-            return issue, "merged"
-        return retry_cas(attempt)
+    def _adopt(self, theirs: dict, trusted: bool, peer: str, actor: str):
+        """Move every good issue's ref in one transaction: ([(issue, how)], [(ref, why refused)]).
+        Run again from the start when the transaction loses to a local writer."""
+        refused: list[tuple[str, str]] = []
+        ours_tips = {ref[len(ISSUES_PREFIX):]: oid for ref, oid in self.repo.refs(ISSUES_PREFIX).items()}
+        differ = {i: ours_tips[i] for i, h in theirs.items() if i in ours_tips and ours_tips[i] != h.tip}
+        ours = peerdata.read_histories(self.repo, differ)
+        plans, commits, done = [], [], []
 
-    def pull(self, remote: str) -> list[tuple[dict, str]]:
-        """Fetch a clone's issues (a remote name or URL) and merge each into ours."""
-        tracking = f"refs/factory/remotes/{re.sub(r'[^A-Za-z0-9._-]+', '_', remote).strip('_.')}/issues/"
-        self.repo.git("fetch", "--quiet", "--no-tags", remote, f"+{ISSUES_PREFIX}*:{tracking}*")
-        results = []
-        for ref, oid in sorted(self.repo.refs(tracking).items()):
-            results.append(self.merge(ref[len(tracking):], oid))
-        return results
+        def refuse(issue_id, why):
+            refused.append((ISSUES_PREFIX + issue_id, why))
+
+        for issue_id, h in sorted(theirs.items()):
+            ref, mine = ISSUES_PREFIX + issue_id, ours_tips.get(issue_id)
+            if mine == h.tip:  # someone else brought it meanwhile
+                done.append((h.issue, "up-to-date"))
+                continue
+            o = ours.get(issue_id)
+            if isinstance(o, peerdata.Rejected):
+                refuse(issue_id, f"our own history of it is damaged ({o}); repair or remove {ref} first")
+                continue
+            if o is not None and o.filed["id"] != h.filed["id"]:
+                refuse(issue_id, "it is another issue than ours under the same id (its filed event differs)")
+                continue
+            if not trusted:
+                novel = [e for e in h.events.values() if o is None or e["id"] not in o.events]
+                grabs = [(e["id"], sorted(set(e["fields"]) & set(peerdata.TRUST_FIELDS)))
+                         for e in novel if e["type"] == "set"]
+                grabs = [(eid, fields) for eid, fields in grabs if fields]
+                if grabs:
+                    refuse(issue_id, f"event {grabs[0][0]} changes {' and '.join(grabs[0][1])}, which only "
+                                     "this repository's own people may do (from a clone of your own people: "
+                                     "pull --trusted)")
+                    continue
+            if o is not None and h.tip in o.commits:
+                done.append((o.issue, "up-to-date"))
+                continue
+            if o is None:
+                issue, how, tip = h.issue, "new", h.tip
+            elif mine in h.commits:
+                issue, how, tip = h.issue, "fast-forward", h.tip
+            else:
+                issue, how = fold(list({**o.events, **h.events}.values())), "merged"
+                problem = contracts.check_stored_issue(issue, issue_id)
+                if problem:  # each side alone was fine; together they are not (say, too many labels)
+                    refuse(issue_id, f"merged with ours it would not be a valid issue: {problem}")
+                    continue
+                commits.append(NewCommit({ISSUE_FILE: _issue_blob(issue)}, f"merge {issue_id}\n",
+                                         parents=[mine, h.tip]))
+                tip = len(commits) - 1
+            # Text from an untrusted remote is untrusted text: a new issue, or one of ours it
+            # changed, is marked so by an event of ours on top of what it sent.
+            mark = {}
+            if not trusted and (o is None or issue["trust"] == "trusted"):
+                mark["trust"] = "untrusted"
+            if not trusted and o is None and not issue["source"].startswith("peer:"):
+                mark["source"] = f"peer:{peer}"
+            if mark:
+                ev = make_event("set", actor, after=issue["updated"], issue=issue_id, fields=mark)
+                issue = apply_event(issue, ev)
+                commits.append(NewCommit({ISSUE_FILE: _issue_blob(issue)}, _message(ev), parents=[tip]))
+                tip = len(commits) - 1
+            plans.append((ref, tip, mine, issue, how))
+        oids = self.repo.write_commits(commits)
+        updates = [(ref, oids[new] if isinstance(new, int) else new, old) for ref, new, old, _, _ in plans]
+        if updates:
+            self.repo.update_refs(updates)
+        return done + [(issue, how) for _, _, _, issue, how in plans], refused
 
 
-__all__ = ["IssueStore", "IssueError", "NoSuchIssue", "NotClaimable", "ContractError", "RefConflict"]
+class PullResult:
+    def __init__(self):
+        self.merged: list[tuple[dict, str]] = []     # (issue, new|up-to-date|fast-forward|merged)
+        self.rejected: list[tuple[str, str]] = []    # (their ref, why it was skipped)
+
+
+def peer_name(remote: str) -> str:
+    """A name for `peer:NAME` from a remote's name, path or URL: its last part."""
+    last = re.sub(r"\.git$", "", remote.rstrip("/")).replace(":", "/").rsplit("/", 1)[-1]
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", last).strip("._-")[:64]
+    return name or "unknown"
+
+
+__all__ = ["IssueStore", "IssueError", "NoSuchIssue", "NotClaimable", "DamagedIssue", "ContractError",
+           "RefConflict", "PullResult"]
