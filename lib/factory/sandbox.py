@@ -492,7 +492,7 @@ class Sandbox:
         none; SandboxError when it is larger than max_bytes or cannot be read."""
         full = container_path(path)
         script = ('[ -f "$1" ] || { echo "not a file" >&2; exit 66; }; '
-                  '[ "$(stat -c %s -- "$1")" -le "$2" ] || { echo "larger than $2 bytes" >&2; exit 67; }; '
+                  '[ "$(wc -c < "$1")" -le "$2" ] || { echo "larger than $2 bytes" >&2; exit 67; }; '
                   'base64 -w0 -- "$1"')
         out, err = bytearray(), bytearray()
 
