@@ -11,12 +11,16 @@ only where that or the engine cannot work, and under CI it fails instead.
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import shutil
+import signal
 import subprocess
+import time
 
 import pytest
+from conftest import ROOT
 from modelserver import ScriptedModel, text, tool_use
 from privateengine import EngineFailed, PrivateEngine
 from spawnkit import CANARY_KEY, file_issue, git, sample_repo, spawn, spawn_env, tool_results
@@ -24,6 +28,7 @@ from spawnkit import CANARY_KEY, file_issue, git, sample_repo, spawn, spawn_env,
 from factory import config, images, sandbox
 
 GVISOR_KERNEL = "4.4.0"  # what gVisor's kernel says it is (uname -r)
+REGISTER = os.path.join(ROOT, "scripts", "register-runsc")
 
 
 def _unavailable(reason: str):
@@ -56,18 +61,36 @@ def default_image():
     return images.ensure_image(images.recipe_from_config(config.DEFAULTS), log=lambda m: None)
 
 
+def register(daemon_json, runsc="/usr/bin/runsc"):
+    return subprocess.run([REGISTER, "--runsc", runsc, str(daemon_json)], capture_output=True, text=True)
+
+
+def engine_runsc_args(engine):
+    p = engine.docker("info", "--format", "{{json .Runtimes.runsc}}", check=False)
+    entry = json.loads(p.stdout or "null") if p.returncode == 0 else None
+    return (entry or {}).get("runtimeArgs")
+
+
 @pytest.fixture(scope="module")
 def runsc_engine(default_image):
-    """An engine of this module's own with runsc registered as ./setup --runsc does (and
-    a plain registration beside it, for the error test), holding the agent image."""
+    """An engine of this module's own, started with only a plain runsc registration (for
+    the error test), then given runsc as ./setup --runsc does it: register-runsc on its
+    daemon.json and a SIGHUP, no restart. It holds the agent image."""
     runsc = _ensure_runsc()
-    entry = dict(sandbox.RUNSC_ENTRY["runsc"], path=runsc)
-    engine = PrivateEngine({"runtimes": {"runsc": entry, "runsc-plain": {"path": runsc}}}, prefix="factory-runsc")
+    engine = PrivateEngine({"runtimes": {"runsc-plain": {"path": runsc}}}, prefix="factory-runsc")
     try:
         try:
             engine.start()
         except (EngineFailed, OSError) as e:
             _unavailable(f"cannot start a private Docker engine: {e}")
+        assert engine_runsc_args(engine) is None
+        p = register(engine.config_path, runsc)
+        assert p.returncode == 0, p.stderr
+        engine.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 15
+        while engine_runsc_args(engine) != ["--network=none"]:
+            assert time.monotonic() < deadline, f"dockerd did not reload runsc on SIGHUP: {engine.log_tail()}"
+            time.sleep(0.1)
         # The two engines' image stores are separate: copy the image over (7-15 s).
         save = subprocess.Popen(["docker", "save", default_image], stdout=subprocess.PIPE)
         load = engine.docker("load", stdin=save.stdout, check=False, timeout=300)
@@ -116,6 +139,40 @@ def test_another_unknown_runtime_is_told_where_to_register_it():
 def test_other_errors_get_no_runtime_hint():
     assert sandbox.runtime_hint("runsc", FakeError("No such image: x"), FakeDocker()) is None
     assert sandbox.runtime_hint(None, FakeError("Unknown runtime specified x"), FakeDocker()) is None
+
+
+def test_register_runsc_merges_its_entry_and_keeps_the_rest(tmp_path):
+    path = tmp_path / "daemon.json"
+    path.write_text('{"log-level": "warn", "runtimes": {"crun": {"path": "/usr/bin/crun"}}}')
+    path.chmod(0o600)
+    p = register(path)
+    assert p.returncode == 0, p.stderr
+    assert json.loads(path.read_text()) == {"log-level": "warn", "runtimes": {
+        "crun": {"path": "/usr/bin/crun"}, **sandbox.RUNSC_ENTRY}}
+    assert path.stat().st_mode & 0o777 == 0o600
+    before = path.stat().st_mtime_ns
+    again = register(path)
+    assert again.returncode == 0 and "already registered" in again.stderr and path.stat().st_mtime_ns == before
+    assert sorted(os.listdir(tmp_path)) == ["daemon.json"], "a temp file was left beside it"
+
+
+def test_register_runsc_replaces_an_entry_without_the_no_network_mode_and_creates_a_missing_file(tmp_path):
+    path = tmp_path / "daemon.json"
+    path.write_text('{"runtimes": {"runsc": {"path": "/usr/bin/runsc"}}}')
+    p = register(path)
+    assert p.returncode == 0 and "replacing" in p.stderr
+    assert json.loads(path.read_text()) == {"runtimes": sandbox.RUNSC_ENTRY}
+    fresh = tmp_path / "etc" / "docker" / "daemon.json"
+    assert register(fresh).returncode == 0 and json.loads(fresh.read_text()) == {"runtimes": sandbox.RUNSC_ENTRY}
+
+
+@pytest.mark.parametrize("text", ["{not json", "[1, 2]", '{"runtimes": []}'])
+def test_register_runsc_leaves_a_broken_daemon_json_alone(tmp_path, text):
+    path = tmp_path / "daemon.json"
+    path.write_text(text)
+    p = register(path)
+    assert p.returncode == 2 and "left as it was" in p.stderr
+    assert path.read_text() == text
 
 
 # -- against real engines ----------------------------------------------------------------
