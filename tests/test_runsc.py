@@ -3,9 +3,9 @@ runtime the engine lacks.
 
 The real run needs an engine with runsc registered in gVisor's no-network mode, which the
 machine's default engine need not have (and must not be reconfigured for a test): the
-module starts an engine of its own (tests/privateengine.py) with that daemon.json, loads
-the agent image into it from the default engine, and points factory-spawn at it with
-DOCKER_HOST. Where runsc is missing the fixture installs it (root with apt-get); it skips
+module starts an engine of its own (tests/privateengine.py), registers runsc in its
+daemon.json as ./setup --runsc does and reloads it with SIGHUP, copies the agent image
+into it from the default engine, and points factory-spawn at it with DOCKER_HOST. Where runsc is missing the fixture installs it (root with apt-get); it skips
 only where that or the engine cannot work, and under CI it fails instead.
 """
 
