@@ -8,7 +8,7 @@ Medians of --runs:
   - start: Sandbox.start of a hardened agent container (as factory-spawn makes it) until
     it runs, and its removal; and a bare `docker run --rm --network none IMAGE true`
   - exec: one tool call's round trip through Sandbox.exec, for `true`, `python3 -c pass`
-    and `git status` in a clone of this repository (the agent's everyday calls)
+    and `git status` in a repository of 300 files (the agent's everyday calls)
 
 Needs root, dockerd and runsc (apt-get install -y runsc); never touches the default
 engine's configuration.
@@ -24,7 +24,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -37,6 +36,9 @@ from factory import config, images, sandbox  # noqa: E402
 
 RUNTIMES = ("runc", "runsc")
 CALLS = {"true": "true", "python3 -c pass": "python3 -c pass", "git status": "git -C repo status --short"}
+# A repository of 300 small files in 30 directories in the workspace, for git status.
+SAMPLE_REPO = ("git init -q repo && cd repo && for d in $(seq 30); do mkdir d$d; "
+               "for f in $(seq 10); do echo $d $f > d$d/f$f; done; done && git add -A && git commit -qm sample")
 
 
 def median_ms(xs):
@@ -54,13 +56,11 @@ def main():
     image = images.ensure_image(images.recipe_from_config(config.DEFAULTS), log=lambda m: None)
     engine = PrivateEngine({"runtimes": {"runsc": dict(sandbox.RUNSC_ENTRY["runsc"], path=runsc)}},
                            prefix="factory-bench").start()
-    tmp = tempfile.mkdtemp(prefix="runtime-bench-")
     try:
         save = subprocess.Popen(["docker", "save", image], stdout=subprocess.PIPE)
         engine.docker("load", stdin=save.stdout, timeout=600)
         save.wait()
         os.environ["DOCKER_HOST"] = engine.host
-        subprocess.run(["git", "clone", "-q", "--no-hardlinks", ROOT, os.path.join(tmp, "repo")], check=True)
         hardened = ["--network", "none", "--cap-drop", "ALL", "--security-opt", "no-new-privileges", "--read-only",
                     "--user", "1000:1000", "--init", "--pids-limit", "512", "--memory", "2g", "--memory-swap", "2g"]
         fig = {rt: {"start": [], "remove": [], "bare": [], **{c: [] for c in CALLS}} for rt in RUNTIMES}
@@ -70,10 +70,13 @@ def main():
                 engine.docker("run", "--rm", "--runtime", rt, *hardened, image, "true")
                 fig[rt]["bare"].append(time.monotonic() - t)
                 t = time.monotonic()
-                sb = sandbox.Sandbox.start(image, tmp, labels={"factory.bench": "1"}, cpus=1.0, memory="2g",
-                                           pids=512, tmp_size="1g", deadline_s=600, runtime=rt)
+                sb = sandbox.Sandbox.start(image, labels={"factory.bench": "1"}, cpus=1.0, memory="2g", pids=512,
+                                           tmp_size="512m", disk="1g", deadline_s=600, runtime=rt)
                 fig[rt]["start"].append(time.monotonic() - t)
                 try:
+                    made = sb.exec(SAMPLE_REPO, timeout=120)
+                    if made.exit_code != 0:
+                        sys.exit(f"runtime_bench: cannot make the sample repository under {rt}: {made.output[-300:]}")
                     for name, cmd in CALLS.items():
                         for _ in range(args.execs):
                             r = sb.exec(cmd, timeout=30)
@@ -97,7 +100,6 @@ def main():
         for c in engine.containers():
             engine.docker("rm", "-f", c, check=False)
         engine.stop()
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -177,29 +177,26 @@ def test_register_runsc_leaves_a_broken_daemon_json_alone(tmp_path, text):
 
 # -- against real engines ----------------------------------------------------------------
 
-def _start(image, ws, runtime):
-    return sandbox.Sandbox.start(image, str(ws), labels={"factory.run": ws.name}, cpus=0.5, memory="256m",
-                                 pids=64, tmp_size="16m", deadline_s=120, runtime=runtime)
+def _start(image, name, runtime):
+    return sandbox.Sandbox.start(image, labels={"factory.run": name}, cpus=0.5, memory="256m", pids=512,
+                                 tmp_size="16m", disk="64m", deadline_s=120, runtime=runtime)
 
 
 @pytest.mark.docker
-def test_a_runtime_the_engine_lacks_is_refused_with_how_to_register_it(default_image, tmp_path):
-    ws = tmp_path / "ws-unknown"
-    ws.mkdir()
+def test_a_runtime_the_engine_lacks_is_refused_with_how_to_register_it(default_image):
+    name = f"runtime-test-{os.getpid()}"
     with pytest.raises(sandbox.SandboxError) as e:
-        _start(default_image, ws, "factory-no-such-runtime")
+        _start(default_image, name, "factory-no-such-runtime")
     assert "knows no runtime 'factory-no-such-runtime'" in str(e.value) and "runc" in str(e.value)
-    left = subprocess.run(["docker", "ps", "-aq", "--filter", f"label=factory.run={ws.name}"],
+    left = subprocess.run(["docker", "ps", "-aq", "--filter", f"label=factory.run={name}"],
                           capture_output=True, text=True).stdout.split()
     assert left == []
 
 
 @pytest.mark.docker
-def test_runsc_without_its_no_network_mode_is_refused_with_the_fix(on_engine, default_image, tmp_path):
-    ws = tmp_path / "ws-plain"
-    ws.mkdir()
+def test_runsc_without_its_no_network_mode_is_refused_with_the_fix(on_engine, default_image):
     with pytest.raises(sandbox.SandboxError) as e:
-        _start(default_image, ws, "runsc-plain")
+        _start(default_image, f"runsc-plain-{os.getpid()}", "runsc-plain")
     assert '"runtimeArgs": ["--network=none"]' in str(e.value) and "reload the engine" in str(e.value)
     assert on_engine.containers() == [], "the container that could not start was not removed"
 

@@ -491,6 +491,7 @@ class Sandbox:
         """The bytes of a file under /workspace or /tmp. FileNotFoundError when there is
         none; SandboxError when it is larger than max_bytes or cannot be read."""
         full = container_path(path)
+        # wc, not stat: gVisor's statx (Debian's runsc) refuses coreutils' stat; wc fstats.
         script = ('[ -f "$1" ] || { echo "not a file" >&2; exit 66; }; '
                   '[ "$(wc -c < "$1")" -le "$2" ] || { echo "larger than $2 bytes" >&2; exit 67; }; '
                   'base64 -w0 -- "$1"')
