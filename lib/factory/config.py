@@ -254,8 +254,9 @@ image:
 
 # The OCI runtime agents' containers run under, as the Docker engine names it.
 # runc: Docker's own. runsc: gVisor, a kernel in user space between the agent and the
-# host's kernel (slower to start and to exec; see docs/runtime.md). The engine must
-# know the name: `./setup --runsc` registers runsc with the default engine.
+# host's kernel (slower to start and to exec, and its own threads count against `pids`:
+# keep 512 or more; see docs/runtime.md). The engine must know the name:
+# `./setup --runsc` registers runsc with the default engine.
 sandbox:
   runtime: runc
 
