@@ -23,6 +23,10 @@ bench:
     python3 bench/spawn_bench.py
     python3 bench/supervisor_bench.py
 
+# compare runc with runsc (gVisor) on an engine of its own (root; runsc installed: ./setup --runsc)
+bench-runtime:
+    python3 bench/runtime_bench.py
+
 # regenerate docs/commands/*.md from the tools' --help
 docs:
     python3 -m factory.docs .

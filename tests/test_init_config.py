@@ -91,6 +91,9 @@ BAD_CONFIGS = [
     ("sensors:\n  tests:\n    schedule: '@daily'\n", "sensors.tests: give exactly one of command or prompt"),
     ("peers:\n  lib:\n    trust: total\n    url: x\n", "line 3: peers.lib.trust: is 'total'"),
     ("version: 2\n", "line 1: version: is 2; it must be at most 1"),
+    ("sandbox:\n  runtime: gVisor!\n", "line 2: sandbox.runtime: 'gVisor!' is not a runtime name"),
+    ("sandbox:\n  runtime: [runsc]\n", "line 2: sandbox.runtime: must be a single value"),
+    ("sandbox:\n  runtim: runsc\n", "line 2: sandbox.runtim: unknown key (known here: runtime)"),
     ("slots: {total: 8\n", "not valid YAML"),
 ]
 
@@ -107,6 +110,12 @@ def test_partial_config_keeps_other_defaults():
     assert cfg["slots"] == dict(config.DEFAULTS["slots"], worker=1)
     assert cfg["sensors"]["tests"]["schedule"] == "@hourly"
     assert cfg["budgets"] == config.DEFAULTS["budgets"]
+
+
+def test_sandbox_runtime_defaults_to_runc_and_takes_any_engine_runtime_name():
+    assert config.DEFAULTS["sandbox"]["runtime"] == "runc"
+    for name in ("runsc", "crun", "io.containerd.runc.v2", "kata-runtime"):
+        assert config.parse(f"sandbox:\n  runtime: {name}\n")["sandbox"]["runtime"] == name
 
 
 @pytest.mark.docker

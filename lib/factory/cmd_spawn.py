@@ -26,7 +26,8 @@ is taken as handed over.
 \b
 What happens: a fresh clone of the ref outside your checkout; one container (no
 network, no capabilities, read-only root, non-root user, memory/CPU/pids limits from
-factory.yaml, a deadline it enforces itself); the agent loop on this host through the
+factory.yaml, a deadline it enforces itself) under the runtime sandbox.runtime names
+(runc; runsc for gVisor, see docs/runtime.md); the agent loop on this host through the
 anthropic SDK (ANTHROPIC_API_KEY, ANTHROPIC_BASE_URL; FACTORY_MODEL overrides the model).
 The key never enters the container. A worker's commits leave as a git bundle and land
 on factory/<issue-id>, the only branch it can change. The run is recorded under

@@ -175,6 +175,9 @@ DEFAULT_HARVEST_EXCLUDE = ("__pycache__/", "*.py[cod]", ".pytest_cache/", ".mypy
                            ".hypothesis/", ".coverage", ".tox/", ".nox/", "node_modules/", ".DS_Store")
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+# Any name an engine may have registered in its daemon.json (runc, runsc, crun, ...); only
+# the engine knows which it has, so sandbox.py checks that when it creates a container.
+RUNTIME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
 CRON_PATTERN = r"^(@(hourly|daily|weekly|monthly|yearly|reboot)|(\S+\s+){4}\S+)$"
 
 SCHEMA: dict[str, Any] = {
@@ -202,6 +205,10 @@ SCHEMA: dict[str, Any] = {
         "packages": StrList(["bash", "git", "ca-certificates", "python3"]),
         "dockerfile": Str(None, nullable=True),
         "build": Choice("auto", ("auto", "registry", "offline")),
+    },
+    "sandbox": {
+        "runtime": Str("runc", pattern=RUNTIME_PATTERN,
+                       hint="is not a runtime name such as runc or runsc (lowercase letters, digits, . _ -)"),
     },
     "model": {
         "name": Str("claude-sonnet-4-5"),
@@ -288,6 +295,14 @@ image:
   packages: [bash, git, ca-certificates, python3]   # Debian packages to add
   dockerfile: null              # a Dockerfile in this repository to use instead
   build: auto                   # auto: registry, else offline (debootstrap); or registry, offline
+
+# The OCI runtime agents' containers run under, as the Docker engine names it.
+# runc: Docker's own. runsc: gVisor, a kernel in user space between the agent and the
+# host's kernel (slower to start and to exec, and its own threads count against `pids`:
+# keep 512 or more; see docs/runtime.md). The engine must know the name:
+# `./setup --runsc` registers runsc with the default engine.
+sandbox:
+  runtime: runc
 
 # The model behind every agent (env FACTORY_MODEL overrides name).
 model:

@@ -247,7 +247,8 @@ class Editor:
                               "of the parent") from None
 
     def _kind(self, path: str) -> tuple[str, int]:
-        r = self.sandbox.exec(f"set -- {_quote(path)}\n{_KIND_SCRIPT}\n[ -f \"$1\" ] && stat -c %s -- \"$1\"",
+        # wc, not stat: gVisor's statx (Debian's runsc) refuses coreutils' stat; wc fstats.
+        r = self.sandbox.exec(f"set -- {_quote(path)}\n{_KIND_SCRIPT}\n[ -f \"$1\" ] && wc -c < \"$1\"",
                               timeout=30, max_output=1000)
         words = r.output.split()
         kind = words[0] if words else "missing"

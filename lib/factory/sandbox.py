@@ -253,14 +253,15 @@ class Sandbox:
     @classmethod
     def start(cls, image: str, *, labels: dict, cpus: float, memory: str | int, pids: int,
               tmp_size: str | int, disk: str | int, deadline_s: int, objects: str | None = None,
-              name: str | None = None, env: dict | None = None) -> "Sandbox":
+              name: str | None = None, env: dict | None = None, runtime: str | None = None) -> "Sandbox":
         """Create and start the hardened container.
 
         `objects`: a host directory (a repository's object store) mounted read-only at
         /factory/objects; `disk`: the size of the /workspace tmpfs. Labels: always
         factory=1 and factory.deadline (epoch seconds); factory.owner_pid (this process)
         and factory.host default where `labels` does not give them. `env` adds to
-        BASE_ENV; nothing of the host's environment is passed.
+        BASE_ENV; nothing of the host's environment is passed. `runtime`: the OCI runtime
+        as the engine names it (runc, runsc); None: the engine's default.
         """
         if deadline_s < 1:
             raise ValueError(f"deadline_s is {deadline_s}; it must be at least 1")
@@ -292,18 +293,20 @@ class Sandbox:
                        WORKSPACE: f"rw,nosuid,nodev,exec,size={_size(disk, 'disk')},mode=0755,uid={uid},gid={gid}"},
                 mounts=mounts,
                 pids_limit=int(pids), mem_limit=mem, memswap_limit=mem,  # no swap on top
-                nano_cpus=int(float(cpus) * 1e9),
+                nano_cpus=int(float(cpus) * 1e9), runtime=runtime,
             )
         except errors.ImageNotFound as e:
             raise SandboxError(f"no image '{image}' (build it: factory image build)") from e
         except errors.APIError as e:
-            raise SandboxError(f"cannot create a container from '{image}': {e.explanation or e}") from e
+            raise SandboxError(runtime_hint(runtime, e, sb.docker)
+                               or f"cannot create a container from '{image}': {e.explanation or e}") from e
         sb.id, sb.name = container.id, container.name
         try:
             container.start()
         except errors.APIError as e:
             sb.remove()  # created but never started: auto_remove would never fire
-            raise SandboxError(f"cannot start container from '{image}': {e.explanation or e}") from e
+            raise SandboxError(runtime_hint(runtime, e, sb.docker)
+                               or f"cannot start container from '{image}': {e.explanation or e}") from e
         return sb
 
     # -- life ----------------------------------------------------------------------
@@ -488,8 +491,9 @@ class Sandbox:
         """The bytes of a file under /workspace or /tmp. FileNotFoundError when there is
         none; SandboxError when it is larger than max_bytes or cannot be read."""
         full = container_path(path)
+        # wc, not stat: gVisor's statx (Debian's runsc) refuses coreutils' stat; wc fstats.
         script = ('[ -f "$1" ] || { echo "not a file" >&2; exit 66; }; '
-                  '[ "$(stat -c %s -- "$1")" -le "$2" ] || { echo "larger than $2 bytes" >&2; exit 67; }; '
+                  '[ "$(wc -c < "$1")" -le "$2" ] || { echo "larger than $2 bytes" >&2; exit 67; }; '
                   'base64 -w0 -- "$1"')
         out, err = bytearray(), bytearray()
 
@@ -503,6 +507,40 @@ class Sandbox:
         if gave_up or code != 0:
             raise SandboxError(f"cannot read '{full}': {err.decode(errors='replace').strip() or f'exit {code}'}")
         return base64.b64decode(bytes(out))
+
+
+# -- runtimes --------------------------------------------------------------------------
+
+RUNSC_ENTRY = {"runsc": {"path": "/usr/bin/runsc", "runtimeArgs": ["--network=none"]}}
+_RELOAD = "then reload the engine (systemctl reload docker, or kill -HUP the dockerd process)"
+
+
+def runtime_hint(runtime: str | None, error, docker=None) -> str | None:
+    """What to tell the user when the engine refused a container because of its runtime
+    (the runtime is unknown to it, or runsc is registered without its no-network mode);
+    None for any other error."""
+    import json
+    msg = str(getattr(error, "explanation", None) or error)
+    if not runtime:
+        return None
+    if re.search(r"unknown runtime|unknown or invalid runtime|invalid runtime name", msg, re.I):
+        known = ""
+        try:
+            known = f" (it knows: {', '.join(sorted(docker.info().get('Runtimes') or {}))})" if docker else ""
+        except Exception:  # only a hint's detail: the error itself must still come through
+            pass
+        how = (f"./setup --runsc registers it with the default engine; or add "
+               f"{json.dumps({'runtimes': RUNSC_ENTRY})} to the engine's daemon.json "
+               f"(/etc/docker/daemon.json), {_RELOAD}") if runtime == "runsc" else (
+               f"add it under \"runtimes\" in the engine's daemon.json (/etc/docker/daemon.json), "
+               f"{_RELOAD}; or pick another sandbox.runtime in factory.yaml")
+        return f"the Docker engine knows no runtime '{runtime}'{known} (sandbox.runtime in factory.yaml): {how}"
+    if "network enabled in root network namespace" in msg:
+        return (f"runtime '{runtime}' cannot run a container without a network unless gVisor's own "
+                f"no-network mode is on: register it with \"runtimeArgs\": [\"--network=none\"] "
+                f"({json.dumps({'runtimes': RUNSC_ENTRY})} in the engine's daemon.json, or ./setup --runsc), "
+                f"{_RELOAD}")
+    return None
 
 
 # -- exec plumbing ---------------------------------------------------------------------

@@ -154,7 +154,8 @@ def run_task(task: dict, repo: Repo, cfg: dict, *, log: Log, run_id: str | None 
             labels={"factory.repo": repo.common_dir, "factory.issue": run["issue"] or "", "factory.run": run_id,
                     "factory.kind": kind, "factory.slot": os.environ.get("FACTORY_SLOT", "")},
             cpus=res["cpus"], memory=res["memory"], pids=res["pids"], tmp_size=res["tmp"], disk=res["disk"],
-            deadline_s=int(wall + HARVEST_GRACE_S), name=f"factory-{run_id}")
+            deadline_s=int(wall + HARVEST_GRACE_S), name=f"factory-{run_id}",
+            runtime=cfg["sandbox"]["runtime"])
         run["container"] = sb.name
         checkout = _Background(_check_out, sb, base, branch, cfg["harvest"]["exclude"])
         run["timings"]["container_ready_s"] = round(time.monotonic() - t0, 3)
