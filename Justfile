@@ -27,6 +27,11 @@ bench:
 bench-runtime:
     python3 bench/runtime_bench.py
 
+# renew constraints.txt, the pinned versions ./setup installs: upgrade, then test, then commit
+lock:
+    .venv/bin/pip install -q --upgrade -e '.[test]'
+    .venv/bin/pip freeze --exclude-editable > constraints.txt
+
 # regenerate docs/commands/*.md from the tools' --help
 docs:
     python3 -m factory.docs .
