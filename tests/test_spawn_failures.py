@@ -169,6 +169,41 @@ def test_kill_9_of_spawn_leaves_nothing_the_next_spawn_does_not_remove(repo, tmp
                           capture_output=True, text=True).stdout.split()
     assert left == [], f"orphan {orphans} was not reaped"
     assert os.listdir(tmp_path / "runs") == []
+    # and the claim the killed spawn held came back by itself: open, uncounted, once
+    back = issue_of(repo, tool_env, first["id"])
+    assert back["state"] == "open" and back["attempts"] == 0 and back["lease"] is None, back
+    assert [c["text"] for c in back["comments"]] == [f"re-queued: its holder (pid {p.pid}) is gone "
+                                                     "(not counted as an attempt)"]
+
+
+def test_a_claim_handed_over_and_then_killed_comes_back_once(repo, tmp_path, tool_env):
+    """`next --claim | factory-spawn`, and the spawn killed: the lease it took over names
+    it, so the issue does not wait for the claiming shell to go."""
+    issue = file_issue(repo, tool_env)
+    claimed = subprocess.run(["factory-issue", "next", "--claim"], cwd=repo, env=tool_env, capture_output=True,
+                             text=True)
+    handed = json.loads(claimed.stdout)
+    assert handed["lease"]["owner"]["pid"] == os.getpid(), "the claimer's parent holds the lease"
+    with ScriptedModel([delay(60, text("never seen"))]) as api:
+        env = spawn_env(tool_env, api, tmp_path / "runs")
+        p = start_spawn(repo, env, handed)
+        while not api.requests:
+            time.sleep(0.1)
+        held = issue_of(repo, tool_env, issue["id"])
+        assert held["lease"]["owner"]["pid"] == p.pid and held["claim_token"] == handed["claim_token"]
+        p.kill()
+        p.wait()
+    from factory.gitstore import Repo
+    from factory.issues import IssueStore
+    store = IssueStore(Repo(repo))
+    assert store.requeue_dead_claims("reaper:test") == [issue["id"]]
+    assert store.requeue_dead_claims("reaper:test") == [], "once"
+    back = issue_of(repo, tool_env, issue["id"])
+    assert back["state"] == "open" and back["attempts"] == 0
+    from factory import sandbox
+    sandbox.reap(filters={"factory.issue": issue["id"]})  # what the next spawn would do
+    assert subprocess.run(["docker", "ps", "-aq", "--filter", f"label=factory.issue={issue['id']}"],
+                          capture_output=True, text=True).stdout.split() == []
 
 
 def test_cleanup_finds_a_container_it_was_never_handed(tmp_path, monkeypatch):

@@ -14,7 +14,7 @@ from .peerdata import MAX_CLOCK_SKEW_SECONDS, MAX_ISSUE_COMMITS
 TOOL = "factory-issue"
 
 ISSUE_KEY_ORDER = ("v", "id", "title", "state", "kind", "priority", "labels", "source", "trust",
-                   "fingerprint", "attempts", "branch", "claimed_by", "claim_token", "runs", "depends_on",
+                   "fingerprint", "attempts", "branch", "claimed_by", "claim_token", "lease", "runs", "depends_on",
                    "not_before", "created", "updated", "body", "comments", "history")
 
 
@@ -75,6 +75,19 @@ def _guard(fn):
 def _actor(by):
     from .issues import default_actor
     return by or default_actor()
+
+
+def _lease(store):
+    """The lease of a claim made here: held by the process that ran this tool (the
+    supervisor, or your shell) until factory-spawn takes it over, and never longer than
+    a run's wall budget and a margin (see leases.py)."""
+    import os
+    from . import config, leases
+    try:
+        wall = config.load(store.repo.work_tree() or store.repo.git_dir)["budgets"]["wall_seconds"]
+    except Exception:  # a config that cannot be read must not stop a claim: the default
+        wall = config.DEFAULTS["budgets"]["wall_seconds"]
+    return leases.new(wall, pid=os.getppid())
 
 
 def _ids_from_stdin():
@@ -318,7 +331,7 @@ def next_cmd(labels, source, kind, where, claim, by, pretty):
     for issue in store.ready(_filtered(store.all(), labels, source, kind, where)):
         if claim:
             try:
-                issue = store.claim(issue["id"], _actor(by))
+                issue = store.claim(issue["id"], _actor(by), lease=_lease(store))
             except NotClaimable:
                 continue  # another claimer won this one; take the next
         _print_issues([issue], pretty)
@@ -330,7 +343,10 @@ def next_cmd(labels, source, kind, where, claim, by, pretty):
 @cli.command("claim", context_settings=CONTEXT_SETTINGS, epilog="""
 \b
 Atomic: of any number of claimers racing for one issue, exactly one wins.
-Output: the claimed issue.
+Output: the claimed issue. The claim carries a token (a run under it lands once) and a
+lease held by the process that ran this command (your shell, or the supervisor) until
+factory-spawn takes it over: once its holder is gone, or after the wall budget and a
+margin, the next factory-spawn or `factory start` puts the issue back, uncounted.
 
 \b
 Exit codes:
@@ -352,7 +368,7 @@ def claim_cmd(ids, by, pretty):
     """Claim open issues (ids, or issues piped in as JSON lines)."""
     store = _store()
     for issue_id in _target_ids(ids):
-        _print_issues([store.claim(issue_id, _actor(by))], pretty)
+        _print_issues([store.claim(issue_id, _actor(by), lease=_lease(store))], pretty)
 
 
 @cli.command("update", context_settings=CONTEXT_SETTINGS, epilog=f"""

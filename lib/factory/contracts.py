@@ -35,7 +35,7 @@ RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 # Fields an issue carries that only the store sets. `factory-issue show X | factory-issue file`
 # copies an issue, so on input they are ignored rather than refused.
 STORE_FIELDS = ("v", "id", "state", "created", "updated", "attempts", "runs", "branch",
-                "claimed_by", "claim_token", "comments", "history", "not_before")
+                "claimed_by", "claim_token", "lease", "comments", "history", "not_before")
 # Fields a person or a tool may give when filing.
 DRAFT_FIELDS = ("title", "body", "labels", "priority", "fingerprint", "source", "trust", "kind",
                 "depends_on")
@@ -170,7 +170,26 @@ def _field(name: str, value):
         return value
     if name == "not_before":
         return _iso_time(name, value)
+    if name == "lease":
+        return _lease(value)
     raise ContractError(name, "is not a field of an issue")
+
+
+def _lease(value) -> dict | None:
+    """A claim's lease as leases.py writes it: {"owner": {"host", "pid", "since"}, "until"}."""
+    if value is None:
+        return None
+    if not isinstance(value, dict) or set(value) != {"owner", "until"}:
+        raise ContractError("lease", "must be null or an object with owner and until")
+    owner = value["owner"]
+    if not isinstance(owner, dict) or set(owner) != {"host", "pid", "since"}:
+        raise ContractError("lease.owner", "must be an object with host, pid and since")
+    _text("lease.owner.host", owner["host"], max_chars=255, single_line=True, empty_ok=False)
+    if isinstance(owner["pid"], bool) or not isinstance(owner["pid"], int) or owner["pid"] <= 0:
+        raise ContractError("lease.owner.pid", "must be a positive whole number")
+    if owner["since"] is not None and (not isinstance(owner["since"], str) or not owner["since"].isdigit()):
+        raise ContractError("lease.owner.since", "must be null or a number of clock ticks, as a string")
+    return {"owner": dict(owner), "until": _iso_time("lease.until", value["until"])}
 
 
 def validate_draft(obj) -> dict:

@@ -85,7 +85,7 @@ def apply_event(issue: dict | None, ev: dict) -> dict:
             "state": "open", "kind": f["kind"], "labels": list(f["labels"]), "priority": f["priority"],
             "fingerprint": f["fingerprint"], "source": f["source"], "trust": f["trust"],
             "depends_on": list(f["depends_on"]), "attempts": 0, "branch": None, "runs": [],
-            "claimed_by": None, "claim_token": None, "not_before": None, "comments": [],
+            "claimed_by": None, "claim_token": None, "lease": None, "not_before": None, "comments": [],
             "created": ev["at"], "updated": ev["at"],
         }
     if issue is None:
@@ -98,6 +98,7 @@ def apply_event(issue: dict | None, ev: dict) -> dict:
             issue["claimed_by"] = ev["fields"].get("claimed_by")
         if ev["fields"].get("state", "claimed") != "claimed":
             issue["claim_token"] = None  # a claim ends with its state: its token is spent
+            issue["lease"] = None
     elif t == "labels":
         labels = [x for x in issue["labels"] if x not in ev.get("remove", [])]
         labels += [x for x in ev.get("add", []) if x not in labels]
@@ -108,6 +109,7 @@ def apply_event(issue: dict | None, ev: dict) -> dict:
         issue["state"] = "claimed"
         issue["claimed_by"] = ev["actor"]
         issue["claim_token"] = ev.get("token")
+        issue["lease"] = ev.get("lease")
     elif t == "runs":
         issue["runs"] = issue["runs"] + [r for r in ev["add"] if r not in issue["runs"]]
     else:
@@ -299,15 +301,57 @@ class IssueStore:
             return issue
         return retry_cas(attempt)
 
-    def claim(self, id_or_prefix: str, actor: str) -> dict:
+    def claim(self, id_or_prefix: str, actor: str, lease: dict | None = None) -> dict:
+        """Claim an open issue under a new token and `lease` (see leases.py)."""
         def events(issue, last):
             if issue["state"] != "open":
                 by = f" by {issue['claimed_by']}" if issue.get("claimed_by") else ""
                 raise NotClaimable(f"issue '{issue['id']}' is {issue['state']}{by}; only open issues can be claimed")
             # The token names this claim: whatever runs under it may land its work once
             # (the landing's compare-and-swap spends it), however many times it is started.
-            return [make_event("claim", actor, after=last, token=os.urandom(8).hex())]
+            ev = make_event("claim", actor, after=last, token=os.urandom(8).hex())
+            if lease:
+                ev["lease"] = lease
+            return [ev]
         return self.change(id_or_prefix, events)
+
+    def take_over(self, issue_id: str, token: str | None, lease: dict, actor: str) -> dict:
+        """Hold a claim handed over by its claimer (`next --claim | factory-spawn`): the
+        lease names the new holder. NotClaimable when the claim is no longer that token's."""
+        def events(issue, last):
+            if issue["state"] != "claimed" or (token and issue.get("claim_token") != token):
+                raise NotClaimable(f"issue '{issue['id']}' was claimed again since it was handed over "
+                                   f"(now {issue['state']}, by {issue.get('claimed_by')})")
+            return [make_event("set", actor, after=last, fields={"lease": lease})]
+        return self.change(issue_id, events)
+
+    def requeue_dead_claims(self, actor: str, issues: list[dict] | None = None) -> list[str]:
+        """Put back every claimed issue whose lease is certainly dead (leases.dead): open
+        again, not counted as an attempt, once (a compare-and-swap on the claim's token)."""
+        from . import leases
+        requeued = []
+        for issue in issues if issues is not None else self.all():
+            why = leases.dead(issue)
+            if not why:
+                continue
+            token = issue.get("claim_token")
+            ours = []
+
+            def events(cur, last, why=why, token=token, ours=ours):
+                ours.clear()
+                if cur["state"] != "claimed" or cur.get("claim_token") != token:
+                    return []  # someone else settled or re-queued it first
+                ours.append(True)
+                ev = make_event("set", actor, after=last, fields={"state": "open", "claimed_by": None})
+                return [ev, make_event("comment", actor, after=ev["at"],
+                                       text=f"re-queued: {why} (not counted as an attempt)")]
+            try:
+                self.change(issue["id"], events)
+            except IssueError:
+                continue
+            if ours:
+                requeued.append(issue["id"])
+        return requeued
 
     def update(self, id_or_prefix: str, patch: dict, actor: str) -> dict:
         def events(issue, last):

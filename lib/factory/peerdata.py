@@ -46,12 +46,12 @@ TIME_RE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$")
 EVENT_KEYS = ("v", "id", "at", "actor", "type", "issue")
 # The keys each event type carries besides EVENT_KEYS (what issues.apply_event reads).
 TYPE_KEYS = {"filed": ("fields",), "set": ("fields",), "labels": ("add", "remove"),
-             "comment": ("text",), "claim": ("token",), "runs": ("add",)}
+             "comment": ("text",), "claim": ("token", "lease"), "runs": ("add",)}
 # apply_event reads these with .get (a claim written before claims had tokens has none)
-OPTIONAL_KEYS = {"labels": ("add", "remove"), "claim": ("token",)}
+OPTIONAL_KEYS = {"labels": ("add", "remove"), "claim": ("token", "lease")}
 # A `set` may change what `update` may, and `source` (written by this store when it
 # marks an issue that came from a peer).
-SET_FIELDS = contracts.PATCH_FIELDS + ("source",)
+SET_FIELDS = contracts.PATCH_FIELDS + ("source", "lease")
 TRUST_FIELDS = ("trust", "source")
 
 
@@ -118,6 +118,8 @@ def check_event(ev, issue_id: str) -> dict:
     elif t == "claim":
         if "token" in ev and (not isinstance(ev["token"], str) or not EVENT_ID_RE.match(ev["token"])):
             raise ContractError("token", "must be 16 hex digits")
+        if "lease" in ev:
+            _same("lease", ev["lease"], contracts._lease(ev["lease"]))
     elif t == "labels":
         for k in ("add", "remove"):
             if k in ev:

@@ -122,7 +122,7 @@ def run_task(task: dict, repo: Repo, cfg: dict, *, log: Log, run_id: str | None 
     issue = task.get("issue")
     actor = f"run:{run_id}"
     if issue is not None and kind == "worker":
-        issue = _claim(store, issue, actor)
+        issue = _claim(store, issue, actor, float(budgets_cfg["wall_seconds"]) + HARVEST_GRACE_S)
         token = issue.get("claim_token")
 
     run = {"v": 1, "run": run_id, "kind": kind, "issue": issue["id"] if issue else None,
@@ -232,9 +232,13 @@ def run_task(task: dict, repo: Repo, cfg: dict, *, log: Log, run_id: str | None 
 
 
 def _reap_orphans(repo, log) -> None:
-    """What killed spawns of this repository left: never another repository's."""
+    """What killed spawns of this repository left (never another repository's): their
+    claims, re-queued uncounted, their containers and their run directories."""
     from . import sandbox, workspace
     try:
+        requeued = IssueStore(repo).requeue_dead_claims(f"reaper:{os.getpid()}")
+        if requeued:
+            log(f"re-queued {len(requeued)} issue(s) whose claim's holder was gone: {', '.join(requeued)}")
         removed = sandbox.reap(filters={"factory.repo": repo.common_dir})
         if removed:
             log(f"removed {len(removed)} container(s) whose spawn was gone")
@@ -258,20 +262,19 @@ def _clean_up(repo, sb, ws, run_id: str) -> None:
     ws.remove()
 
 
-def _claim(store: IssueStore, issue: dict, actor: str) -> dict:
-    """Take the issue: claim it when open; accept it when already claimed (the pipeline
-    `next --claim | factory-spawn` hands it over claimed), under the claim it was handed."""
+def _claim(store: IssueStore, issue: dict, actor: str, seconds: float) -> dict:
+    """Take the issue: claim it when open; when already claimed (the pipeline `next
+    --claim | factory-spawn` hands it over claimed), take over the claim it was handed.
+    Either way this process holds the lease from now on (see leases.py)."""
+    from . import leases
     current = store.get(issue["id"])
-    if current["state"] == "claimed":
-        handed = issue.get("claim_token")
-        if handed and handed != current.get("claim_token"):
-            raise NotRun(f"issue '{current['id']}' was claimed again since it was handed over "
-                         f"(now by {current.get('claimed_by')}); nothing was run")
-        return current
     try:
-        return store.claim(current["id"], actor)
+        if current["state"] == "claimed":
+            token = issue.get("claim_token") or current.get("claim_token")
+            return store.take_over(current["id"], token, leases.new(seconds), actor)
+        return store.claim(current["id"], actor, lease=leases.new(seconds))
     except NotClaimable as e:
-        raise NotRun(str(e))
+        raise NotRun(f"{e}; nothing was run")
 
 
 class HarvestRefused(Exception):

@@ -126,6 +126,7 @@ class Supervisor:
         except sandbox.EngineUnavailable as e:
             self.say(f"warning: {e}")
         workspace.reap(self.repo)
+        self.store.requeue_dead_claims(self.actor)
         alive = {o.get("issue") for o in workspace.live_owners(self.repo)}
         requeued = []
         for issue in self.store.all():
