@@ -63,3 +63,6 @@ def git_repo(tmp_path):
 def run_tool(args, *, cwd, env, input=None, timeout=60):
     """Run an executable from bin/; returns CompletedProcess with text output."""
     return subprocess.run(args, cwd=cwd, env=env, input=input, capture_output=True, text=True, timeout=timeout)
+
+
+from normaluser import normal_user  # noqa: E402,F401 (a fixture: factory run as uid 1000)

@@ -12,7 +12,7 @@ import tempfile
 
 import pytest
 from modelserver import ScriptedModel, text
-from normaluser import UID, chown_tree, normal_user  # noqa: F401 (a fixture)
+from normaluser import UID, chown_tree
 from spawnkit import CANARY_KEY, bash, git, sample_repo
 
 pytestmark = pytest.mark.docker

@@ -11,7 +11,6 @@ import subprocess
 import threading
 
 import pytest
-from conftest import BIN
 from modelserver import ScriptedModel, text
 from spawnkit import bash, containers_of_run, file_issue, git, record_file, sample_repo, spawn, spawn_env
 

@@ -33,7 +33,6 @@ import re
 import secrets
 import select
 import socket
-import stat
 import struct
 import time
 from dataclasses import dataclass, asdict
