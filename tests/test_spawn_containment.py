@@ -110,6 +110,21 @@ def test_the_branch_holds_exactly_the_files_the_agent_left(repo, tmp_path, tool_
     assert git(repo, "show", f"{branch}:calc.py") == "def add(a, b):\n    return a + b"  # no filter ran on it
 
 
+def test_a_daemon_the_agent_left_cannot_reach_into_the_harvest(repo, tmp_path, tool_env):
+    """A `setsid` daemon escapes each tool call's sweep; it waits for the harvest's git dir
+    and plants an fsmonitor in it. The harvest stops it first, and the deadline's sleep
+    (the container's life) survives that."""
+    daemon = ("setsid bash -c 'while :; do for c in /tmp/.factory-harvest.*/git/config; do "
+              "[ -f \"$c\" ] && printf \"[core]\\n\\tfsmonitor = touch /workspace/repo/pwned\\n\" >> \"$c\"; "
+              "done; done' </dev/null >/dev/null 2>&1 & "
+              "echo work > w.txt; sleep 0.2; ps -eo args | grep -c 'while :' ")
+    issue, code, run, api, err = run_script(repo, tmp_path, tool_env, [bash(daemon), text("done")])
+    assert int(results(api)[0].split()[-1]) >= 2, "the daemon outlived its tool call"
+    assert code == 0, err
+    files = set(git(repo, "ls-tree", "-r", "--name-only", f"factory/{issue['id']}").split())
+    assert "w.txt" in files and "pwned" not in files
+
+
 def test_a_secret_in_the_agents_work_never_reaches_a_ref(repo, tmp_path, tool_env):
     key = "AKIA" + "IOSFODNN7EXAMPLE"          # AWS's documented example key, in pieces
     token = "ghp_" + "x1Y2z3" * 6               # GitHub-shaped, made here

@@ -21,7 +21,9 @@ class HarvestRefused(Exception):
 # from the host's store, mounted read-only (git alternates): nothing is copied, and
 # nothing the agent does can reach the host's files. Only the branch ref is made. The
 # harvest's exclude list goes into info/exclude, so that the agent's own `git add -A`
-# leaves caches out of its commits too. $1 branch, $2 base, $3 exclude list.
+# leaves caches out of its commits too. Before the agent has run anything, the only
+# child of the container's init is the deadline's `sleep`: its pid is printed, so the
+# harvest can spare it. $1 branch, $2 base, $3 exclude list.
 CHECKOUT_SCRIPT = r"""
 set -eu
 git init -q -b "$1" /workspace/repo
@@ -30,6 +32,11 @@ echo /factory/objects > .git/objects/info/alternates
 printf '%s\n' "$3" >> .git/info/exclude
 git update-ref "refs/heads/$1" "$2"
 git reset -q --hard
+for d in /proc/[0-9]*; do
+  { read -r l < "$d/stat"; } 2>/dev/null || continue
+  l=${l##*) }; a=($l)
+  if [ "${a[1]}" = 1 ]; then echo "deadline-pid ${d#/proc/}"; fi
+done
 """
 
 # The harvest reads the agent's work with a git dir and config of its own: the agent's
@@ -38,10 +45,26 @@ git reset -q --hard
 # read as a global config. Leftover changes go into one more commit; files the
 # repository ignores, and the harvest's exclude list, stay out unless the base had them.
 # The bundle goes to stdout, where the host reads it; nothing is left in the container.
-# $1 base, $2 run id, $3 the exclude list (one pattern per line).
+# First, whatever the agent left running is stopped (a `setsid` daemon escapes each
+# exec's sweep), so nothing writes to the checkout or to the harvest's own files while
+# the work is read: every process but the init, the deadline's sleep and this exec's.
+# $1 base, $2 run id, $3 the exclude list (one pattern per line), $4 the sleep's pid.
 HARVEST_SCRIPT = r"""
 set -eu
 base=$1
+read -r l < /proc/$$/stat; l=${l##*) }; a=($l); mine=${a[3]}
+for _ in 1 2 3 4 5 6 7 8 9 10; do
+  if [ "$4" = all ]; then break; fi  # the sleep's pid is unknown: it cannot be told apart
+  found=
+  for d in /proc/[0-9]*; do
+    q=${d#/proc/}
+    if [ "$q" = 1 ] || [ "$q" = "$4" ]; then continue; fi
+    { read -r l < "$d/stat"; } 2>/dev/null || continue
+    l=${l##*) }; a=($l)
+    if [ "${a[3]}" != "$mine" ] && [ "${a[0]}" != Z ]; then kill -KILL "$q" 2>/dev/null && found=1 || true; fi
+  done
+  if [ -z "$found" ]; then break; fi
+done
 h=$(mktemp -d /tmp/.factory-harvest.XXXXXXXX)
 export HOME="$h" XDG_CONFIG_HOME="$h" GIT_CONFIG_NOSYSTEM=1 GIT_CONFIG_GLOBAL=/dev/null \
        GIT_LITERAL_PATHSPECS=1 GIT_OPTIONAL_LOCKS=0
@@ -88,19 +111,23 @@ g bundle create -q - "$base..refs/heads/result"
 """
 
 
-def check_out(sb, base: str, branch: str, excludes: list[str]) -> None:
+def check_out(sb, base: str, branch: str, excludes: list[str]) -> int | None:
+    """Make the checkout; return the pid of the container's deadline (None if unsure)."""
     from .agent import ToolsUnavailable
     r = sb.exec(f"bash -c {_sq(CHECKOUT_SCRIPT)} checkout {_sq(branch)} {base} {_sq(chr(10).join(excludes))}",
                 timeout=300, workdir="/workspace")
     if r.exit_code != 0:
         raise ToolsUnavailable(f"could not check out {base[:12]} in the container: {r.output.strip()[-500:]}")
+    pids = [line.split()[1] for line in r.output.splitlines() if line.startswith("deadline-pid ")]
+    return int(pids[0]) if len(pids) == 1 and pids[0].isdigit() else None
 
 
 def _sq(s: str) -> str:
     return "'" + s.replace("'", "'\\''") + "'"
 
 
-def harvest(repo: Repo, sb, bundle: str, base: str, run_id: str, harvest_cfg: dict, log) -> str | None:
+def harvest(repo: Repo, sb, bundle: str, base: str, run_id: str, harvest_cfg: dict, log,
+            deadline_pid: int | None = None) -> str | None:
     """Bundle what the agent left inside the container, stream the bundle to a host-only
     file and unbundle it into the host's repository: objects only, no ref moves (that
     is the landing's). Returns the work's commit, None when there is none; raises
@@ -108,7 +135,8 @@ def harvest(repo: Repo, sb, bundle: str, base: str, run_id: str, harvest_cfg: di
     from .config import parse_size
     limit = parse_size(harvest_cfg["max_bytes"])
     excludes = chr(10).join(harvest_cfg["exclude"])
-    r = sb.exec_to_file(f"bash -c {_sq(HARVEST_SCRIPT)} harvest {base} {_sq(run_id)} {_sq(excludes)}",
+    spare = str(deadline_pid) if deadline_pid else "all"
+    r = sb.exec_to_file(f"bash -c {_sq(HARVEST_SCRIPT)} harvest {base} {_sq(run_id)} {_sq(excludes)} {spare}",
                         bundle, max_bytes=limit, timeout=300, workdir="/workspace")
     if r.over:
         raise HarvestRefused(f"the agent's work is over harvest.max_bytes ({harvest_cfg['max_bytes']}) "

@@ -181,7 +181,8 @@ def run_task(task: dict, repo: Repo, cfg: dict, *, log: Log, run_id: str | None 
             run["timings"]["last_answer_s"] = round(outcome.last_answer_at - t0, 3)
         if kind == "worker" and sb.alive():
             try:
-                work_commit = agentrepo.harvest(repo, sb, ws.bundle, base, run_id, cfg["harvest"], log)
+                work_commit = agentrepo.harvest(repo, sb, ws.bundle, base, run_id, cfg["harvest"], log,
+                                                deadline_pid=checkout.result)
             except agentrepo.HarvestRefused as e:
                 log(f"harvest: refused: {e}")
                 if run["status"] == "ok":
@@ -278,16 +279,17 @@ def _claim(store: IssueStore, issue: dict, actor: str, seconds: float) -> dict:
 
 
 class _Background(threading.Thread):
-    """fn(*args) in a thread; wait() joins it and raises what it raised, once."""
+    """fn(*args) in a thread; wait() joins it and raises what it raised, once; then
+    `result` is what it returned."""
 
     def __init__(self, fn, *args):
         super().__init__(daemon=True)
-        self.fn, self.args, self.error = fn, args, None
+        self.fn, self.args, self.error, self.result = fn, args, None, None
         self.start()
 
     def run(self):
         try:
-            self.fn(*self.args)
+            self.result = self.fn(*self.args)
         except BaseException as e:  # raised again in the caller's thread
             self.error = e
 
