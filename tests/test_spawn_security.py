@@ -157,19 +157,3 @@ def test_an_untrusted_issue_is_quarantined_in_the_prompt(repo, tmp_path, tool_en
     assert "untrusted-issue-text" in first and "does not trust" in first
     system = json.dumps(api.requests[0]["system"])
     assert "test_calc.py fails" not in system, "issue text never enters the system prompt"
-
-
-def test_the_harvest_never_follows_a_link_the_agent_planted(repo, tmp_path, tool_env):
-    """The agent swaps its out/ directory for a link to a host path; the host must not
-    read a bundle from there."""
-    decoy_dir = tmp_path / "host-dir"
-    decoy_dir.mkdir()
-    (decoy_dir / "result.bundle").write_text("not the agent's work\n")
-    script = [bash(f"echo work > w.txt && git add w.txt && git commit -qm work && "
-                   f"rm -rf /workspace/out && ln -s {decoy_dir} /workspace/out && echo swapped"),
-              text("done")]
-    issue, code, run, api, err = run_script(repo, tmp_path, tool_env, script)
-    assert "swapped" in tool_results(api)[0]
-    assert code == 0 and run["status"] == "ok", run
-    assert git(repo, "show", f"factory/{issue['id']}:w.txt") == "work"
-    assert (decoy_dir / "result.bundle").read_text() == "not the agent's work\n"
