@@ -81,3 +81,34 @@ def test_refused_spawn_input_never_loads_the_sdks(stdin, tmp_path):
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
                        env=dict(os.environ, ANTHROPIC_API_KEY="sk-ant-test-x"))
     assert r.stdout.strip().splitlines()[-1] == "2 []", r.stdout + r.stderr
+
+
+def test_every_registered_tool_is_installed_shimmed_and_documented():
+    """Adding a tool is a line in registry.TOOLS; this names what else it needs."""
+    import tomllib
+    from factory import registry
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
+        scripts = tomllib.load(f)["project"]["scripts"]
+    for t in registry.TOOLS:
+        assert scripts.get(t.name) == f"factory.{t.module}:main", f"pyproject [project.scripts] lacks {t.name}"
+        assert t.name in EXECUTABLES, f"bin/{t.name} is missing"
+        with open(os.path.join(BIN, t.name)) as f:
+            assert f"from factory.{t.module} import main" in f.read(), f"bin/{t.name} runs another module"
+        assert os.path.exists(os.path.join(ROOT, "docs", "commands", f"{t.name}.md")), f"no docs page for {t.name}"
+    assert set(scripts) == {t.name for t in registry.TOOLS}, "pyproject installs a tool the registry lacks"
+
+
+def test_every_factory_variable_is_named_once_and_documented():
+    import re
+    from factory import env
+    read = set()
+    lib = os.path.join(ROOT, "lib", "factory")
+    for name in os.listdir(lib):
+        if name.endswith(".py"):
+            with open(os.path.join(lib, name)) as f:
+                read |= set(re.findall(r"\b(FACTORY_[A-Z_]+)\b", f.read()))
+    set_by_slot = {v for v in read if v.startswith("FACTORY_SLOT_")}  # factory-slot sets these
+    assert read - set_by_slot <= set(env.VARIABLES), f"read but not in env.VARIABLES: {read - set(env.VARIABLES)}"
+    with open(os.path.join(ROOT, "README.md")) as f:
+        readme = f.read()
+    assert [v for v in env.VARIABLES if f"`{v}`" not in readme] == [], "README must name every variable"

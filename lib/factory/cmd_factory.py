@@ -26,19 +26,13 @@ def tool_path(verb: str) -> str | None:
     return shutil.which(name)
 
 
-# The tools this package installs; any other factory-VERB on PATH runs the same way.
-TOOLS = {
-    "issue": "the git-native issue store (factory-issue)",
-    "slot": "hold a slot of a kind while a command runs (factory-slot)",
-    "spawn": "one agent in one hardened container (factory-spawn)",
-}
-
-
 class Umbrella(click.Group):
     def format_commands(self, ctx, formatter):
+        from .registry import TOOLS
         super().format_commands(ctx, formatter)
         with formatter.section("Tools (factory VERB runs factory-VERB from PATH; see factory-VERB --help)"):
-            formatter.write_dl(sorted(TOOLS.items()))
+            # the tools this package installs; any other factory-VERB on PATH runs the same way
+            formatter.write_dl(sorted((t.verb, f"{t.summary} ({t.name})") for t in TOOLS if t.verb))
 
 
 @click.group(cls=Umbrella, context_settings=CONTEXT_SETTINGS, epilog="""
@@ -173,7 +167,7 @@ def _supervisor_pid(repo) -> int | None:
     """The pid of the supervisor running on this repository, or None."""
     import errno
     import fcntl
-    from .paths import supervisor_lock
+    from .env import supervisor_lock
     path = supervisor_lock(repo)
     try:
         fd = os.open(path, os.O_RDONLY)
@@ -223,7 +217,7 @@ Examples:
 def start(detach, until_idle):
     """Start the supervisor: run agents on ready issues until stopped."""
     import subprocess
-    from .paths import state_dir
+    from .env import state_dir
     from .supervisor import EXIT_ALREADY_RUNNING, AlreadyRunning, Supervisor
     repo = _repo()
     cfg = _config(repo)
@@ -314,7 +308,7 @@ def logs(issue, follow):
     """Show the supervisor's or an agent's log."""
     import time
     from .issues import DamagedIssue, IssueStore, NoSuchIssue
-    from .paths import state_dir
+    from .env import state_dir
     repo = _repo()
     if issue:
         store = IssueStore(repo)
@@ -410,7 +404,7 @@ def image_build(rebuild, as_json):
 
 def _slot_status(repo, cfg) -> dict:
     from .slots import Slots
-    from .paths import slots_dir
+    from .env import slots_dir
     root = slots_dir(repo)
     st = Slots(root, cfg).status()
     return {"total": st["total"]["size"], "used": st["total"]["used"],

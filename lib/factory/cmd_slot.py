@@ -11,7 +11,7 @@ import click
 from .cli import CONTEXT_SETTINGS, BadInput, Failed, emit, load_config, open_repo, repo_option, run_main, say
 
 TOOL = "factory-slot"
-KINDS = ("worker", "sensor", "adversary")
+from .registry import KINDS
 EXIT_CANNOT_FIT = 3
 EXIT_NO_SLOT = 75  # EX_TEMPFAIL: try again later
 
@@ -20,7 +20,7 @@ def _slots():
     from .slots import Slots
     repo = open_repo(TOOL)
     cfg = load_config(TOOL, repo)
-    from .paths import slots_dir
+    from .env import slots_dir
     root = slots_dir(repo)
     return Slots(root, cfg)
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 CONFIG_NAME = "factory.yaml"
-KINDS = ("worker", "sensor", "adversary")
+from .registry import KINDS
 
 
 class ConfigError(ValueError):
@@ -434,7 +434,8 @@ def parse(text: str, name: str = CONFIG_NAME) -> dict:
 
 
 def path_for(work_tree: str) -> str:
-    return os.environ.get("FACTORY_CONFIG") or os.path.join(work_tree, CONFIG_NAME)
+    from .env import get
+    return get("FACTORY_CONFIG") or os.path.join(work_tree, CONFIG_NAME)
 
 
 def load(work_tree: str) -> dict:

@@ -14,7 +14,7 @@ ISSUE_VERSION = 1
 STATES = ("open", "claimed", "review", "done", "failed", "closed")
 FINISHED_STATES = ("done", "closed")        # a dependency in one of these no longer blocks
 ACTIVE_STATES = ("open", "claimed", "review")  # what --dedupe compares a fingerprint against
-KINDS = ("worker", "sensor", "adversary")
+from .registry import KINDS
 TRUST_LEVELS = ("trusted", "untrusted")
 PRIORITY_RANGE = (0, 4)                      # 0 is the most urgent, as in P0
 DEFAULT_PRIORITY = 2

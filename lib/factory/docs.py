@@ -14,9 +14,8 @@ from . import atomic
 
 
 def tools() -> dict[str, click.Command]:
-    from . import cmd_factory, cmd_issue, cmd_slot, cmd_spawn
-    return {"factory": cmd_factory.cli, "factory-issue": cmd_issue.cli, "factory-slot": cmd_slot.cli,
-            "factory-spawn": cmd_spawn.cli}
+    from .registry import TOOLS
+    return {t.name: t.cli() for t in TOOLS}
 
 
 def _help(cmd: click.Command, name: str, parent: click.Context | None = None) -> str:

@@ -109,7 +109,7 @@ class Repo:
     """A git repository addressed by its git dir; all git calls go through `run`."""
 
     def __init__(self, path: str | os.PathLike | None = None):
-        start = os.fspath(path or os.environ.get("FACTORY_REPO") or os.getcwd())
+        start = os.fspath(path or os.environ.get("FACTORY_REPO") or os.getcwd())  # env.VARIABLES
         try:
             out = self.run("rev-parse", "--absolute-git-dir", "--path-format=absolute", "--git-common-dir",
                            cwd=start).decode().splitlines()

@@ -39,7 +39,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 
-from . import sandbox
+from . import env, sandbox
 
 # Bump when the build steps change what an image holds, so every recipe rebuilds once.
 RECIPE_FORMAT = 1
@@ -354,8 +354,8 @@ def build_offline(recipe: Recipe, digest: str, *, log=_say) -> str:
         pkgs = all_packages(recipe)
         log(f"debootstrap {OFFLINE_SUITE} (minbase + {', '.join(pkgs)}); about a minute")
         _run(["debootstrap", "--variant=minbase", f"--include={','.join(pkgs)}",
-              OFFLINE_SUITE, rootfs] + ([os.environ["FACTORY_DEBIAN_MIRROR"]]
-                                         if os.environ.get("FACTORY_DEBIAN_MIRROR") else []), log)
+              OFFLINE_SUITE, rootfs] + ([env.get("FACTORY_DEBIAN_MIRROR")]
+                                         if env.get("FACTORY_DEBIAN_MIRROR") else []), log)
         _unmount_under(rootfs)  # debootstrap mounts proc/sys while it works
         add_agent_user(rootfs)
         _slim(rootfs)

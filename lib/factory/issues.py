@@ -57,7 +57,8 @@ def new_id() -> str:
 
 
 def default_actor() -> str:
-    return os.environ.get("FACTORY_ACTOR") or f"human:{os.environ.get('USER') or 'unknown'}"
+    from .env import get
+    return get("FACTORY_ACTOR") or f"human:{os.environ.get('USER') or 'unknown'}"
 
 
 def _after(t: str) -> str:

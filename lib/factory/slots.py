@@ -25,7 +25,9 @@ import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
+from . import env
 from .config import parse_size
+from .registry import KINDS
 
 
 @dataclass
@@ -57,8 +59,8 @@ class NoFit(SlotError):
 def machine() -> dict:
     """The CPUs and memory leases may take: the machine's, unless FACTORY_CPUS /
     FACTORY_MEMORY say less."""
-    cpus = float(os.environ.get("FACTORY_CPUS") or len(os.sched_getaffinity(0)))
-    mem_env = os.environ.get("FACTORY_MEMORY")
+    cpus = float(env.get("FACTORY_CPUS") or len(os.sched_getaffinity(0)))
+    mem_env = env.get("FACTORY_MEMORY")
     memory = parse_size(mem_env) if mem_env else os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     if not memory:
         raise SlotError(f"FACTORY_MEMORY={mem_env!r} is not a size such as 16g")
@@ -68,7 +70,7 @@ def machine() -> dict:
 class Slots:
     def __init__(self, root: str, cfg: dict):
         self.root = root
-        self.quotas = {k: cfg["slots"][k] for k in ("worker", "sensor", "adversary")}
+        self.quotas = {k: cfg["slots"][k] for k in KINDS}
         self.total = cfg["slots"]["total"]
         self.requests = {k: (float(r["cpus"]), parse_size(r["memory"])) for k, r in cfg["resources"].items()}
         os.makedirs(root, exist_ok=True)

@@ -14,7 +14,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from . import agentrepo, contracts, intent, roles, runs
+from . import agentrepo, contracts, env, intent, roles, runs
 from .gitstore import GitError, RefConflict, Repo
 from .issues import IssueStore, NotClaimable, make_event
 from .redact import Redactor
@@ -96,7 +96,8 @@ def default_ref(repo: Repo) -> str:
 
 
 def model_name_for(task: dict, cfg: dict | None) -> str:
-    return (task.get("model") or os.environ.get("FACTORY_MODEL")
+    from .env import get
+    return (task.get("model") or get("FACTORY_MODEL")
             or (cfg or {}).get("model", {}).get("name") or "claude-sonnet-4-5")
 
 
@@ -152,7 +153,7 @@ def run_task(task: dict, repo: Repo, cfg: dict, *, log: Log, run_id: str | None 
         sb = sandbox.Sandbox.start(
             image, objects=os.path.join(repo.common_dir, "objects"),
             labels={"factory.repo": repo.common_dir, "factory.issue": run["issue"] or "", "factory.run": run_id,
-                    "factory.kind": kind, "factory.slot": os.environ.get("FACTORY_SLOT", "")},
+                    "factory.kind": kind, "factory.slot": env.get("FACTORY_SLOT", "")},
             cpus=res["cpus"], memory=res["memory"], pids=res["pids"], tmp_size=res["tmp"], disk=res["disk"],
             deadline_s=int(wall + HARVEST_GRACE_S), name=f"factory-{run_id}",
             runtime=cfg["sandbox"]["runtime"])

@@ -8,7 +8,7 @@ re-queued once, without counting an attempt. A flock makes it the only superviso
 a repository. It sleeps in select() on a pipe that signals and child exits write to,
 waking every few seconds to look for new issues: idle, it costs next to nothing.
 
-Runtime files (see paths.py), under $FACTORY_STATE_DIR (default <common git dir>/factory/),
+Runtime files (see env.py), under $FACTORY_STATE_DIR (default <common git dir>/factory/),
 but for the lock, always on the common git dir, so that neither a linked worktree nor
 another state directory can start a second supervisor on the same repository:
     supervisor.lock   flock held while a supervisor runs; holds its pid
@@ -34,11 +34,11 @@ from dataclasses import dataclass
 
 from datetime import datetime, timezone
 
-from . import paths
+from . import env
 from .gitstore import Repo
 from .issues import IssueStore
 
-KINDS = ("worker", "sensor", "adversary")
+from .registry import KINDS
 POLL_S = 2.0            # how often an idle supervisor looks for new issues
 STOP_GRACE_S = 600      # a graceful stop waits this long for running agents
 EXIT_ALREADY_RUNNING = 3
@@ -81,7 +81,7 @@ class Supervisor:
         self.store = IssueStore(repo)
         self.out = out
         self.until_idle = until_idle
-        self.state = paths.state_dir(repo)
+        self.state = env.state_dir(repo)
         self.logs = os.path.join(self.state, "logs")
         self.agents: list[Agent] = []
         self.stopping: str | None = None      # None, "graceful" or "now"
@@ -100,7 +100,7 @@ class Supervisor:
     def lock(self) -> None:
         os.makedirs(self.logs, exist_ok=True)
         # On the common git dir, whatever the worktree or FACTORY_STATE_DIR: one per repository.
-        path = paths.supervisor_lock(self.repo)
+        path = env.supervisor_lock(self.repo)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -201,7 +201,7 @@ class Supervisor:
 
     def _slots(self):
         from .slots import Slots
-        root = paths.slots_dir(self.repo)
+        root = env.slots_dir(self.repo)
         return Slots(root, self.cfg)
 
     def fill(self) -> None:

@@ -4,7 +4,7 @@
     RUNS/<run-id>/progress.json   turns and tokens so far, for `factory status`
     RUNS/<run-id>/result.bundle   the agent's work, streamed out of the container
 
-RUNS is paths.runs_dir(repo). None of it is ever mounted into a container: the agent's
+RUNS is env.runs_dir(repo). None of it is ever mounted into a container: the agent's
 checkout lives on a tmpfs inside its container (see sandbox.py), so no file the host
 keeps can be changed by an agent, and the host never runs git in a directory the agent
 controlled. The bundle is written by the host from the exec's output stream.
@@ -18,7 +18,7 @@ import shutil
 import socket
 import time
 
-from .paths import runs_dir
+from .env import runs_dir
 
 REAP_AFTER_S = 60  # a run directory younger than this may still be being set up
 
