@@ -17,10 +17,11 @@ from dataclasses import dataclass, field
 from . import contracts, intent, roles, runs
 from .gitstore import GitError, RefConflict, Repo, retry_cas
 from .issues import IssueStore, NotClaimable, make_event
+from .exits import SPAWN_NOT_RUN as EXIT_NOT_RUN
+from .exits import SPAWN_STATUS as STATUS_EXIT
 from .redact import Redactor
 
-STATUS_EXIT = {"ok": 0, "failed": 1, "timeout": 3, "budget": 4, "error": 5, "stuck": 6}
-EXIT_NOT_RUN = 7
+__all__ = ["EXIT_NOT_RUN", "STATUS_EXIT", "run_task"]
 HARVEST_GRACE_S = 120     # the container outlives the agent's wall budget by this much
 
 
