@@ -6,7 +6,8 @@ so a worktree sees the same slots, runs and supervisor as the main checkout):
     <common git dir>/factory/supervisor.lock   the one supervisor per repository
     <common git dir>/factory/slots/            $FACTORY_SLOTS_DIR: flock slots
     <common git dir>/factory/runs/<run>/       $FACTORY_RUNS_DIR: one run's host-only files
-    <common git dir>/factory/                  $FACTORY_STATE_DIR: supervisor log, agents' logs
+    <common git dir>/factory/                  $FACTORY_STATE_DIR: supervisor log and status,
+                                               agents' logs
 
 None of it is needed to recover: git holds what must last. The supervisor's lock cannot be
 moved by a variable, so that two supervisors can never run on one repository.
@@ -35,3 +36,8 @@ def runs_dir(repo) -> str:
 
 def supervisor_lock(repo) -> str:
     return os.path.join(factory_dir(repo), "supervisor.lock")
+
+
+def supervisor_status(repo) -> str:
+    """What the running supervisor is waiting for, if anything (for `factory status`)."""
+    return os.path.join(state_dir(repo), "supervisor.json")
