@@ -17,11 +17,10 @@ from dataclasses import dataclass, field
 from . import contracts, intent, roles, runs
 from .gitstore import GitError, RefConflict, Repo, retry_cas
 from .issues import IssueStore, NotClaimable, make_event
-from .exits import SPAWN_NOT_RUN as EXIT_NOT_RUN
-from .exits import SPAWN_STATUS as STATUS_EXIT
 from .redact import Redactor
 
-__all__ = ["EXIT_NOT_RUN", "STATUS_EXIT", "run_task"]
+# factory-spawn's exit codes (the run's status, "not run") live with every other tool's in exits.py.
+
 HARVEST_GRACE_S = 120     # the container outlives the agent's wall budget by this much
 
 

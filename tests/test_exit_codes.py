@@ -1,6 +1,7 @@
-"""factory start decides from the run JSON and from named exit codes, never from a bare
-number: no issue is claimed for work that can never run, and none is charged, failed or
-blamed for the factory's own trouble. None of these tests needs an agent to run."""
+"""Exit codes along the chain: factory start decides from the run JSON and from named
+exit codes, never from a bare number, so no issue is claimed for work that can never run,
+and none is charged, failed or blamed for the factory's own trouble; factory-spawn tells
+the factory's trouble (78) from a bad task (2). None of these tests needs an agent to run."""
 
 from __future__ import annotations
 
@@ -108,3 +109,22 @@ def test_a_spawn_that_printed_a_run_is_judged_by_it_not_by_its_code(repo, env):
     got = settle_after(repo, env, exits.SPAWN_BAD_TASK, run={"run": "r2", "status": "error", "landed": None,
                                                         "infra": True, "reason": "x"})
     assert (got["state"], got["attempts"]) == ("open", 0)
+
+
+# -- factory-spawn: the factory's own set-up is never the task's fault -----------------------
+
+def test_factory_spawn_says_78_not_2_when_the_factory_is_not_set_up(repo, env):
+    """2 would fail the issue under the supervisor: an invalid factory.yaml or a missing
+    key is the factory's trouble, so it has a code of its own; nothing is touched."""
+    issue = file_issue(repo, env)
+    (repo / "factory.yaml").write_text("slots:\n  worker: 3\n  wrkers: 2\n")
+    r = run_tool(["factory-spawn"], cwd=repo, env=env, input=json.dumps(issue))
+    assert r.returncode == exits.SPAWN_CONFIG and r.stdout == ""
+    assert "factory.yaml line 3: slots.wrkers: unknown key" in r.stderr
+    (repo / "factory.yaml").unlink()
+    no_key = {k: v for k, v in env.items() if k != "ANTHROPIC_API_KEY"}
+    r = run_tool(["factory-spawn"], cwd=repo, env=no_key, input=json.dumps(issue))
+    assert r.returncode == exits.SPAWN_CONFIG and "ANTHROPIC_API_KEY is not set" in r.stderr
+    r = run_tool(["factory-spawn"], cwd=repo, env=env, input='{"kind": "worker"}')
+    assert r.returncode == exits.SPAWN_BAD_TASK, "a bad task is still 2"
+    assert events(repo, issue["id"]) == 1
