@@ -47,6 +47,7 @@ from .issues import IssueStore
 KINDS = ("worker", "sensor", "adversary")
 POLL_S = 2.0            # how often an idle supervisor looks for new issues
 STOP_GRACE_S = 600      # a graceful stop waits this long for running agents
+HOLD_S, HOLD_MAX_S = 1.0, 60.0  # after unexplained endings in a row: pause claims, doubling
 EXIT_ALREADY_RUNNING = exits.START_ALREADY_RUNNING
 EXIT_CANNOT_FIT = exits.START_CANNOT_FIT
 
@@ -116,6 +117,8 @@ class Supervisor:
         self.waiting_sig = None           # factory.yaml as it was then: only a change can end the wait
         self.gave_up: str | None = None   # --until-idle: ready work can never run here
         self.status_written = None
+        self.unexplained = 0              # spawns in a row that ended with no run, for no known reason
+        self.hold_until = 0.0             # no claim before this (monotonic): never a tight loop
 
     # -- the only supervisor ---------------------------------------------------------
 
@@ -234,6 +237,8 @@ class Supervisor:
             return  # one claim at a time: each learns from the one before whether work is left
         if self.waiting and _signature(self.config_path) == self.waiting_sig:
             return  # only a change to factory.yaml can end this wait
+        if time.monotonic() < self.hold_until:
+            return
         quota = self.cfg["slots"]["worker"]
         if quota and self.running("worker") >= quota:
             return  # (a quota of 0 goes on, to be reported as work that can never run)
@@ -345,6 +350,7 @@ class Supervisor:
         except (OSError, ValueError):
             pass
         if run:
+            self.unexplained = 0
             self.say(f"worker on {issue_id} ended: {run.get('status')}"
                      + (f" ({run['reason'][:80]})" if run.get("reason") and run.get("status") != "ok" else ""))
             if run.get("infra") and not self.engine_down:
@@ -370,6 +376,14 @@ class Supervisor:
         else:
             why = (f"killed by signal {-code}" if code < 0 else f"exit {code}") + " before it printed a run"
         self.say(f"worker on {issue_id} ended: {why}; handing the issue back, uncounted")
+        if not self.stopping and not run.get("infra"):
+            # Whatever it was may happen again at once (a crash, a tool not installed, a
+            # check that disagrees with factory-slot's): a pause, doubling, keeps an issue
+            # from being claimed and handed back in a tight loop. (The engine has its own wait.)
+            self.unexplained += 1
+            pause = min(HOLD_MAX_S, HOLD_S * 2 ** (self.unexplained - 1))
+            self.hold_until = time.monotonic() + pause
+            self.say(f"{self.unexplained} agent(s) in a row ended that way; no claim for {pause:g} s")
         # Unless another of our agents has the issue by now, put it back, uncounted.
         current = self.store.get(issue_id)
         ours_on_it = any(x.issue and x.issue["id"] == issue_id for x in self.agents)
