@@ -8,7 +8,9 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import time
+from datetime import datetime
 
 import pytest
 from conftest import BIN, run_tool
@@ -128,3 +130,38 @@ def test_factory_spawn_says_78_not_2_when_the_factory_is_not_set_up(repo, env):
     r = run_tool(["factory-spawn"], cwd=repo, env=env, input='{"kind": "worker"}')
     assert r.returncode == exits.SPAWN_BAD_TASK, "a bad task is still 2"
     assert events(repo, issue["id"]) == 1
+
+
+def test_spawns_that_keep_ending_with_no_run_pause_claims_instead_of_looping(repo, env, tmp_path):
+    """factory-spawn missing (factory-slot exits 127): each hand-back is uncounted, but the
+    next claim waits 1 s, then 2 s, then 4 s: never a tight claim/hand-back loop."""
+    issue = file_issue(repo, env)
+    tools = tmp_path / "tools"  # factory-issue and factory-slot, but no factory-spawn
+    tools.mkdir()
+    for name in ("factory-issue", "factory-slot"):
+        (tools / name).symlink_to(os.path.join(BIN, name))
+    code = ("import sys; from factory import config; from factory.gitstore import Repo;"
+            "from factory.supervisor import Supervisor;"
+            f"sys.exit(Supervisor(Repo(), config.load('.'), bin_dir={str(tools)!r}).run())")
+    lib = os.path.join(os.path.dirname(BIN), "lib")
+    p = subprocess.Popen([sys.executable, "-c", code], cwd=repo, env=dict(env, PYTHONPATH=lib),
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        seen = ""
+        deadline = time.monotonic() + 60
+        while "no claim for 4 s" not in seen:  # the third hand-back
+            assert time.monotonic() < deadline and p.poll() is None, seen
+            seen += p.stderr.readline()
+    finally:
+        p.terminate()  # graceful: it finishes the step it is in
+        err = p.communicate(timeout=30)[1]
+    assert "exit 127 before it printed a run" in seen + err
+    from factory.gitstore import Repo
+    from factory.issues import IssueStore
+    history = IssueStore(Repo(str(repo))).history(issue["id"])
+    claims = [e["at"] for e in history if e["type"] == "claim"]
+    assert len(claims) == 3, [e["type"] for e in history]
+    got = IssueStore(Repo(str(repo))).get(issue["id"])
+    assert (got["state"], got["attempts"], got["comments"]) == ("open", 0, [])
+    t = [datetime.strptime(c, "%Y-%m-%dT%H:%M:%S.%fZ").timestamp() for c in claims]
+    assert t[1] - t[0] >= 1 and t[2] - t[1] >= 2, "each pause at least as long as it said"
