@@ -1,15 +1,17 @@
 """The supervisor (`factory start`): keep the slots busy by running the tools as children.
 
-It holds no state of its own. Before each claim it re-reads factory.yaml and asks slots.py
-whether the kind's request can ever fit this machine: an invalid config or a request that
-never fits claims nothing, and it waits (saying why) until factory.yaml changes. It
-judges each spawn by the run JSON it printed, else by the named exit codes of exits.py,
-never by a bare number: an issue is never charged, failed or blamed for a failure of the
-factory's own (a slot refused, an invalid config, an engine gone). Each agent is two children: `factory-issue next --claim`
+It holds no state of its own. Each agent is two children: `factory-issue next --claim`
 takes the next ready issue, then `factory-slot KIND -- factory-spawn` runs it with the
 issue on stdin. Everything it knows it rebuilds on start: from git (issues), the slot
 locks and the live workspaces; an issue claimed by a supervisor whose agent is gone is
-re-queued once, without counting an attempt. A flock makes it the only supervisor of
+re-queued once, without counting an attempt.
+
+Before each claim it reads factory.yaml again and asks slots.py whether the kind's
+request can ever fit this machine: an invalid config or a request that never fits claims
+nothing, and it waits (saying why) until factory.yaml changes. It judges each spawn by the
+run JSON it printed, else by the named exit codes of exits.py, never by a bare number: an
+issue is never charged, failed or blamed for the factory's own trouble (a slot refused, an
+invalid config, an engine gone). A flock makes it the only supervisor of
 a repository. It sleeps in select() on a pipe that signals and child exits write to,
 waking every few seconds to look for new issues: idle, it costs next to nothing.
 
@@ -117,7 +119,7 @@ class Supervisor:
         self.waiting_sig = None           # factory.yaml as it was then: only a change can end the wait
         self.gave_up: str | None = None   # --until-idle: ready work can never run here
         self.status_written = None
-        self.unexplained = 0              # spawns in a row that ended with no run, for no known reason
+        self.unexplained = 0              # spawns in a row that ended with no run (not by our stop)
         self.hold_until = 0.0             # no claim before this (monotonic): never a tight loop
 
     # -- the only supervisor ---------------------------------------------------------
