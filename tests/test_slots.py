@@ -71,7 +71,50 @@ def test_exit_code_stdin_and_lease_pass_through(git_repo, slot_env):
     r = run_tool(["factory-slot", "worker", "--", "no-such-command-xyz"], cwd=git_repo, env=slot_env)
     assert r.returncode == 127
     r = run_tool(["factory-slot", "worker"], cwd=git_repo, env=slot_env)
-    assert r.returncode == 2 and "no command" in r.stderr
+    assert r.returncode == 64 and "no command" in r.stderr
+
+
+@pytest.mark.parametrize("code", [1, 2, 3, 7, 64, 69, 75, 78])
+def test_the_commands_code_passes_through_unchanged_whatever_it_is(git_repo, slot_env, code):
+    """Even codes factory-slot uses itself: a caller that wants to tell them apart runs a
+    command that keeps off them (factory-spawn does)."""
+    r = run_tool(["factory-slot", "worker", "--", "sh", "-c", f"exit {code}"], cwd=git_repo, env=slot_env)
+    assert r.returncode == code and r.stderr == ""
+
+
+def test_factory_slots_own_refusals_never_use_its_commands_codes(git_repo, slot_env, tmp_path):
+    """Each refusal has a sysexits code of its own, outside factory-spawn's (0-7) and what a
+    command's usage error (2) or failure (1) would give; the command never runs."""
+    from factory import exits
+    marker = tmp_path / "ran"
+    cmd = ["--", "touch", str(marker)]
+    spawn_codes = set(exits.SPAWN_STATUS.values()) | {exits.SPAWN_BAD_TASK, exits.SPAWN_NOT_RUN}
+    cases = {
+        "usage: not a kind": (["wroker", *cmd], slot_env, exits.SLOT_USAGE, "not a kind of slot"),
+        "usage: no command": (["worker"], slot_env, exits.SLOT_USAGE, "no command"),
+        "never fits: memory": (["worker", *cmd], dict(slot_env, FACTORY_MEMORY="1m"), exits.SLOT_CANNOT_FIT,
+                               "memory: a worker asks for 2 GiB (resources.worker.memory) and this machine "
+                               "allows 1 MiB (FACTORY_MEMORY=1m)"),
+        "never fits: cpus": (["worker", *cmd], dict(slot_env, FACTORY_CPUS="0.5"), exits.SLOT_CANNOT_FIT,
+                             "cpus: a worker asks for 1 CPUs (resources.worker.cpus) and this machine allows 0.5"),
+        "bad FACTORY_MEMORY": (["worker", *cmd], dict(slot_env, FACTORY_MEMORY="lots"), exits.SLOT_CONFIG,
+                               "FACTORY_MEMORY='lots' is not a size"),
+        "bad FACTORY_CPUS": (["worker", *cmd], dict(slot_env, FACTORY_CPUS="many"), exits.SLOT_CONFIG,
+                             "FACTORY_CPUS='many' is not a number"),
+    }
+    for name, (args, env, code, says) in cases.items():
+        r = run_tool(["factory-slot", *args], cwd=git_repo, env=env)
+        assert (r.returncode, code in spawn_codes | {0, 1, 2}) == (code, False), name
+        assert says in r.stderr, (name, r.stderr)
+    configure(git_repo, "slots:\n  worker: 3\n  wrkers: 2\n")
+    r = run_tool(["factory-slot", "worker", *cmd], cwd=git_repo, env=slot_env)
+    assert r.returncode == exits.SLOT_CONFIG and "factory.yaml line 3: slots.wrkers: unknown key" in r.stderr
+    configure(git_repo, "slots:\n  worker: 0\n")
+    r = run_tool(["factory-slot", "worker", *cmd], cwd=git_repo, env=slot_env)
+    assert r.returncode == exits.SLOT_CANNOT_FIT and "slots.worker is 0" in r.stderr
+    r = run_tool(["factory-slot", "worker", *cmd], cwd=tmp_path, env=slot_env)
+    assert r.returncode == exits.SLOT_USAGE and "not a git repository" in r.stderr
+    assert not marker.exists(), "a refused command never runs"
 
 
 def test_kill_9_of_the_holder_frees_its_slot_at_once(git_repo, slot_env):
@@ -101,7 +144,7 @@ def test_a_request_that_does_not_fit_waits_and_one_that_never_fits_is_refused(gi
     assert max_concurrency(log) == (1, 3), "two 1.5-CPU workers do not fit on 2 CPUs"
     small = dict(env, FACTORY_MEMORY="512m")
     r = run_tool(["factory-slot", "worker", "--", "true"], cwd=git_repo, env=small)
-    assert r.returncode == 3 and "lower resources.worker" in r.stderr
+    assert r.returncode == 69 and "lower resources.worker.memory" in r.stderr
 
 
 def test_status_counts_held_slots(git_repo, slot_env):

@@ -267,3 +267,45 @@ def test_detach_status_logs_and_stop(repo, env):
     finally:
         assert run_tool(["factory", "stop"], cwd=repo, env=env, timeout=120).returncode == 0
     assert run_tool(["factory", "stop"], cwd=repo, env=env).returncode == 1  # none runs now
+
+
+BROKEN_CONFIG = "slots:\n  worker: 3\n  wrkers: 2\nbudgets:\n  retry_backoff_seconds: 0\n"
+
+
+def test_a_config_broken_while_running_touches_no_issue_and_work_resumes_once_it_is_fixed(repo, tool_env, tmp_path):
+    """The first agent's first model request breaks factory.yaml and then files a second
+    issue, so the supervisor meets the second issue only ever with the config broken."""
+    good_config = (repo / "factory.yaml").read_text()
+    later = []
+
+    def break_config_then_file(body):
+        if not later:
+            (repo / "factory.yaml").write_text(BROKEN_CONFIG)
+            later.append(file_issue(repo, env, title="filed while factory.yaml is broken"))
+        return responder(body)
+
+    with ScriptedModel([break_config_then_file] * 20) as api:
+        env = spawn_env(tool_env, api, tmp_path / "runs", FACTORY_CPUS="64", FACTORY_MEMORY="256g")
+        first = file_issue(repo, env, title="running when factory.yaml breaks")
+        p = start(repo, env, "--until-idle")
+
+        def waiting():
+            return json.loads(run_tool(["factory", "status", "--json"], cwd=repo, env=env).stdout)["supervisor"]["waiting"]
+
+        wait_for(lambda: waiting() is not None, timeout=120)
+        assert "factory.yaml line 3: slots.wrkers: unknown key" in waiting()
+        human = run_tool(["factory", "status"], cwd=repo, env=env)
+        assert human.returncode == 1 and "waiting: " in human.stdout and "factory.yaml line 3" in human.stdout
+        (second,) = later
+        assert git(repo, "rev-list", "--count", f"refs/factory/issues/{second['id']}") == "1", "never touched"
+        # The first agent was already running: it finishes as if nothing happened.
+        wait_for(lambda: {i["id"]: i["state"] for i in issues(repo, env)}[first["id"]] == "review", timeout=120)
+        assert git(repo, "rev-list", "--count", f"refs/factory/issues/{second['id']}") == "1", "still untouched"
+        (repo / "factory.yaml").write_text(good_config)
+        out, err = p.communicate(timeout=240)
+    assert p.returncode == 0, err
+    assert "factory.yaml is fine again" in err
+    got = {i["id"]: i for i in issues(repo, env)}
+    for i in got.values():
+        assert (i["state"], i["attempts"], len(i["runs"])) == ("review", 0, 1), i
+    assert no_containers_left(repo)

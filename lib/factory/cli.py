@@ -123,15 +123,19 @@ def load_config(tool: str, repo) -> dict:
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
-def run_main(cli, tool: str) -> int:
+def run_main(cli, tool: str, usage_code: int = EXIT_USAGE) -> int:
     """Run a click command as a tool: map exceptions to exit codes, never a traceback for
-    a broken pipe (`factory-issue list | head` is normal use)."""
+    a broken pipe (`factory-issue list | head` is normal use). `usage_code`: what a bad
+    option exits with, for a wrapper whose command owns 2 (factory-slot)."""
     try:
         rv = cli.main(prog_name=tool, standalone_mode=False)
         return rv if isinstance(rv, int) else 0
     except click.exceptions.Abort:
         click.echo(f"{tool}: aborted", err=True)
         return 130
+    except click.UsageError as e:
+        e.show()
+        return usage_code
     except click.ClickException as e:
         e.show()
         return e.exit_code

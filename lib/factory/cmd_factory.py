@@ -112,12 +112,15 @@ def init(as_json):
 
 @cli.command(context_settings=CONTEXT_SETTINGS, epilog="""
 \b
-Reports the config, the Docker engine, the slots and the issues by state.
+Reports the config, the Docker engine, the slots and the issues by state; what the
+running supervisor waits for, if anything (an invalid factory.yaml, a request that can
+never fit); and any kind with ready issues whose request can never fit this machine.
 
 \b
 Exit codes:
   0  all is well
-  1  something needs attention (invalid config, no Docker engine, damaged issue refs)
+  1  something needs attention (invalid config, no Docker engine, damaged issue refs, the
+     supervisor waiting, ready work whose request can never fit)
   2  not in a git repository
 
 \b
@@ -143,20 +146,50 @@ def status(as_json):
     by_state: dict[str, int] = {}
     for i in issues:
         by_state[i["state"]] = by_state.get(i["state"], 0) + 1
+    pid = _supervisor_pid(repo)
     report = {
         "v": 1, "repo": top, "config": cfg_state, "engine": sandbox.engine_info(),
-        "supervisor": {"running": bool(_supervisor_pid(repo)), "pid": _supervisor_pid(repo)},
+        "supervisor": {"running": bool(pid), "pid": pid, "waiting": _supervisor_waiting(repo, pid)},
         "slots": _slot_status(repo, cfg),
+        "never_fit": _never_fit(cfg, {i["kind"] for i in store.ready(issues)}),
         "issues": {"total": len(issues), "ready": len(store.ready(issues)), "by_state": by_state,
                    "damaged": len(store.damaged)},
         "agents": _agents(repo),
     }
-    healthy = cfg_state["ok"] and report["engine"]["ok"] and not store.damaged
+    healthy = (cfg_state["ok"] and report["engine"]["ok"] and not store.damaged and not report["never_fit"]
+               and not report["supervisor"]["waiting"])
     if as_json:
         emit(report)
     else:
         _print_status(report)
     return 0 if healthy else EXIT_NO
+
+
+def _supervisor_waiting(repo, pid) -> str | None:
+    """What the running supervisor says it waits for (its supervisor.json), if anything."""
+    import json
+    from .env import supervisor_status
+    if not pid:
+        return None
+    try:
+        with open(supervisor_status(repo)) as f:
+            st = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return st.get("waiting") if st.get("pid") == pid else None  # not a dead supervisor's word
+
+
+def _never_fit(cfg, kinds) -> dict:
+    """For each kind with ready issues: why its request can never fit here (slots.py's
+    answer, the one factory-slot and the supervisor act on)."""
+    from .slots import SlotError, check_fit
+    out = {}
+    for kind in sorted(kinds):
+        try:
+            check_fit(cfg, kind)
+        except SlotError as e:
+            out[kind] = str(e)
+    return out
 
 
 def _config(repo):
@@ -189,9 +222,13 @@ def _supervisor_pid(repo) -> int | None:
 \b
 Keeps the worker slots full: for each ready issue (most urgent first) while the worker
 quota has room, it runs `factory-issue next --claim`, then `factory-slot worker --
-factory-spawn` with the issue on stdin, as child processes. A failed issue waits
-budgets.retry_backoff_seconds, doubled per attempt, up to budgets.attempts; an issue
-factory-spawn refuses is marked failed. On start it removes what dead agents left and
+factory-spawn` with the issue on stdin, as child processes. Before each claim it reads
+factory.yaml again and checks that a worker's request can ever fit this machine: if not,
+it claims nothing and waits, saying why (also in factory status), until factory.yaml
+changes. A spawn is judged by its run JSON, else by the named exit codes of factory-slot
+and factory-spawn: an issue is never charged or failed for the factory's own trouble. A
+failed issue waits budgets.retry_backoff_seconds, doubled per attempt, up to
+budgets.attempts; an issue factory-spawn refuses as a task (exit 2) is marked failed. On start it removes what dead agents left and
 re-queues their issues once, without counting an attempt. Only one supervisor runs per
 repository. The status is two live lines on a terminal, one line per change otherwise.
 Each agent's stderr goes to `factory logs ISSUE`; the run JSON beside it.
@@ -201,9 +238,12 @@ runs are recorded and their issues re-queued uncounted.
 
 \b
 Exit codes:
-  0  stopped (or, with --until-idle, nothing left to do)
-  2  usage or bad input (not a repository, invalid factory.yaml)
-  3  a supervisor already runs on this repository
+  0   stopped (or, with --until-idle, nothing left to do)
+  2   usage or bad input (not a repository, invalid factory.yaml, FACTORY_CPUS or
+      FACTORY_MEMORY); nothing was started
+  3   a supervisor already runs on this repository
+  69  --until-idle: issues are ready but a worker's request can never fit this machine
+      (or slots.worker is 0); nothing was claimed (EX_UNAVAILABLE)
 
 \b
 Examples:
@@ -219,10 +259,15 @@ def start(detach, until_idle):
     import subprocess
     from .env import state_dir
     from .supervisor import EXIT_ALREADY_RUNNING, AlreadyRunning, Supervisor
+    from .slots import SlotError, machine
     repo = _repo()
     cfg = _config(repo)
     if not os.environ.get("ANTHROPIC_API_KEY"):
         raise BadInput(TOOL, "ANTHROPIC_API_KEY is not set; every agent needs it (it stays on this host)")
+    try:
+        machine()  # FACTORY_CPUS / FACTORY_MEMORY cannot change while it runs: refuse now
+    except SlotError as e:
+        raise BadInput(TOOL, str(e))
     pid = _supervisor_pid(repo)
     if pid:
         raise Failed(TOOL, f"a supervisor already runs on this repository (pid {pid}); "
@@ -403,10 +448,13 @@ def image_build(rebuild, as_json):
 
 
 def _slot_status(repo, cfg) -> dict:
-    from .slots import Slots
+    from .slots import SlotError, Slots
     from .env import slots_dir
     root = slots_dir(repo)
-    st = Slots(root, cfg).status()
+    try:
+        st = Slots(root, cfg).status()
+    except SlotError as e:  # FACTORY_CPUS / FACTORY_MEMORY
+        raise BadInput(TOOL, str(e))
     return {"total": st["total"]["size"], "used": st["total"]["used"],
             "kinds": {k: {"size": v["size"], "used": v["used"]} for k, v in st["kinds"].items()}}
 
@@ -438,12 +486,15 @@ def _print_status(r: dict) -> None:
     for problem in cfg.get("errors", []):
         click.echo(f"         {problem}")
     click.echo(f"engine   {eng_line}")
-    click.echo(f"kernel   {'running (pid %s)' % sup['pid'] if sup['running'] else 'not running (factory start)'}")
+    click.echo(f"kernel   {'running (pid %s)' % sup['pid'] if sup['running'] else 'not running (factory start)'}"
+               + (f"; waiting: {sup['waiting']}" if sup.get("waiting") else ""))
     click.echo(f"slots    {s['used']}/{s['total']}: worker {k['worker']['used']}/{k['worker']['size']}, "
                f"sensor {k['sensor']['used']}/{k['sensor']['size']}, "
                f"adversary {k['adversary']['used']}/{k['adversary']['size']}")
     click.echo(f"issues   {iss['total']} total, {iss['ready']} ready: {states}"
                + (f"; {iss['damaged']} damaged refs skipped (see above)" if iss.get("damaged") else ""))
+    for kind, why in r["never_fit"].items():
+        click.echo(f"blocked  {kind}: {why}")
     for a in r["agents"]:
         click.echo(f"agent    {a['issue'] or '-'}  run {a['run']}  {a['age_s']:.0f}s  "
                    f"turns {a['turns']}  tokens {a['tokens']}")

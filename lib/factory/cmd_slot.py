@@ -8,21 +8,32 @@ import sys
 
 import click
 
-from .cli import CONTEXT_SETTINGS, BadInput, Failed, emit, load_config, open_repo, repo_option, run_main, say
+from .cli import CONTEXT_SETTINGS, Failed, emit, repo_option, run_main, say
+from .exits import CANNOT_RUN, NOT_FOUND, SLOT_BUSY, SLOT_CANNOT_FIT, SLOT_CONFIG, SLOT_USAGE
 
 TOOL = "factory-slot"
-from .registry import KINDS
-EXIT_CANNOT_FIT = 3
-EXIT_NO_SLOT = 75  # EX_TEMPFAIL: try again later
+from .registry import KINDS  # noqa: E402
+
+
+# factory-slot's own refusals never use 1 or 2: those are its command's (exits.py).
+def _usage(message: str) -> Failed:
+    return Failed(TOOL, message, code=SLOT_USAGE)
 
 
 def _slots():
-    from .slots import Slots
-    repo = open_repo(TOOL)
-    cfg = load_config(TOOL, repo)
+    from . import config
+    from .gitstore import GitError, Repo
     from .env import slots_dir
-    root = slots_dir(repo)
-    return Slots(root, cfg)
+    from .slots import Slots
+    try:
+        repo = Repo()
+    except GitError as e:
+        raise _usage(str(e))
+    try:
+        cfg = config.load(repo.work_tree() or repo.git_dir)
+    except config.ConfigError as e:
+        raise Failed(TOOL, f"{e}\n(fix factory.yaml; nothing was done)", code=SLOT_CONFIG)
+    return Slots(slots_dir(repo), cfg)
 
 
 @click.command(context_settings=dict(CONTEXT_SETTINGS, ignore_unknown_options=True), epilog=f"""
@@ -41,12 +52,16 @@ factory-slot status prints the slots as one JSON object: total and per kind (siz
 used, leases with pid, command, since, cpus, memory) and the resources in use.
 
 \b
-Exit codes:
-  N    CMD's own exit status (killed by signal N: as CMD would show, 128+N in a shell)
-  2    usage or bad input
-  {EXIT_CANNOT_FIT}    the request can never fit this machine, or the kind's quota is 0
-  {EXIT_NO_SLOT}   --no-wait and no slot is free now
-  126  CMD cannot be run; 127 CMD not found
+Exit codes: factory-slot's own (sysexits.h's) lie outside what CMD returns, so that a
+caller can tell "the slot refused" from "CMD ended".
+  N    CMD's own exit status, whatever it is (killed by signal N: 128+N in a shell)
+  {SLOT_USAGE}   usage: not a kind, no command, not in a git repository (EX_USAGE)
+  {SLOT_CANNOT_FIT}   the kind's request can never fit this machine, or its quota is 0: waiting
+       would never end; the message names the resource, the request and the limit
+       (EX_UNAVAILABLE)
+  {SLOT_BUSY}   --no-wait and no slot is free now (EX_TEMPFAIL)
+  {SLOT_CONFIG}   factory.yaml, FACTORY_CPUS or FACTORY_MEMORY is invalid (EX_CONFIG)
+  {CANNOT_RUN}  CMD cannot be run; {NOT_FOUND} CMD not found
 
 \b
 Examples:
@@ -57,7 +72,7 @@ Examples:
 """)
 @click.argument("kind", metavar="KIND|status")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED, metavar="-- CMD [ARGS...]")
-@click.option("--no-wait", is_flag=True, help=f"Exit {EXIT_NO_SLOT} at once when no slot is free.")
+@click.option("--no-wait", is_flag=True, help=f"Exit {SLOT_BUSY} at once when no slot is free.")
 @click.option("-p", "--pretty", is_flag=True, help="status: indent the JSON.")
 @click.option("-q", "--quiet", is_flag=True, help="Say nothing while waiting.")
 @repo_option
@@ -65,17 +80,22 @@ def cli(kind, command, no_wait, pretty, quiet):
     """Hold a slot of a kind while a command runs; or show the slots."""
     if kind == "status":
         if command:
-            raise BadInput(TOOL, "status takes no command")
-        emit(_slots().status(), pretty=pretty)
+            raise _usage("status takes no command")
+        from .slots import SlotError
+        slots = _slots()
+        try:
+            emit(slots.status(), pretty=pretty)
+        except SlotError as e:
+            raise Failed(TOOL, str(e), code=SLOT_CONFIG)
         return 0
     if kind not in KINDS:
-        raise BadInput(TOOL, f"'{kind}' is not a kind of slot (worker, sensor, adversary, or: status)")
+        raise _usage(f"'{kind}' is not a kind of slot (worker, sensor, adversary, or: status)")
     command = list(command)
     if command and command[0] == "--":
         command = command[1:]
     if not command:
-        raise BadInput(TOOL, f"no command to run (try: factory-slot {kind} -- CMD ...)")
-    from .slots import NoFit
+        raise _usage(f"no command to run (try: factory-slot {kind} -- CMD ...)")
+    from .slots import NoFit, SlotError
     slots = _slots()
     try:
         got = slots.try_acquire(kind, shlex.join(command))
@@ -84,9 +104,11 @@ def cli(kind, command, no_wait, pretty, quiet):
                 say(TOOL, f"waiting for a {kind} slot")
             got = slots.acquire(kind, shlex.join(command))
     except NoFit as e:
-        raise Failed(TOOL, str(e), code=EXIT_CANNOT_FIT)
+        raise Failed(TOOL, str(e), code=SLOT_CANNOT_FIT)
+    except SlotError as e:
+        raise Failed(TOOL, str(e), code=SLOT_CONFIG)
     if got is None:
-        raise Failed(TOOL, f"no {kind} slot is free now", code=EXIT_NO_SLOT)
+        raise Failed(TOOL, f"no {kind} slot is free now", code=SLOT_BUSY)
     lease, fds = got
     for fd in fds:
         os.set_inheritable(fd, True)  # the locks live on in CMD: exec keeps them
@@ -94,13 +116,13 @@ def cli(kind, command, no_wait, pretty, quiet):
     try:
         os.execvpe(command[0], command, env)
     except FileNotFoundError:
-        raise Failed(TOOL, f"'{command[0]}' not found", code=127)
+        raise Failed(TOOL, f"'{command[0]}' not found", code=NOT_FOUND)
     except OSError as e:
-        raise Failed(TOOL, f"cannot run '{command[0]}': {e.strerror}", code=126)
+        raise Failed(TOOL, f"cannot run '{command[0]}': {e.strerror}", code=CANNOT_RUN)
 
 
 def main() -> int:
-    return run_main(cli, TOOL)
+    return run_main(cli, TOOL, usage_code=SLOT_USAGE)
 
 
 if __name__ == "__main__":

@@ -9,17 +9,17 @@ import sys
 import click
 
 from . import contracts
-from .cli import (CONTEXT_SETTINGS, BadInput, Failed, emit, load_config, open_repo, repo_option, run_main,
-                  stdin_is_data)
+from .cli import CONTEXT_SETTINGS, BadInput, Failed, emit, open_repo, repo_option, run_main, stdin_is_data
+from .exits import INTERRUPTED, SPAWN_CONFIG, SPAWN_NOT_RUN, SPAWN_STATUS
 
 TOOL = "factory-spawn"
 
 
-@click.command(context_settings=CONTEXT_SETTINGS, epilog="""
+@click.command(context_settings=CONTEXT_SETTINGS, epilog=f"""
 \b
-Input: one task as JSON on stdin (or in FILE): {"kind": "worker"|"sensor"|"adversary",
-"issue": {...}, "ref": "main", "budgets": {"turns", "tokens", "cost_usd", "wall_seconds"},
-"model": "..."}. An issue exactly as factory-issue prints it is a worker task, so
+Input: one task as JSON on stdin (or in FILE): {{"kind": "worker"|"sensor"|"adversary",
+"issue": {{...}}, "ref": "main", "budgets": {{"turns", "tokens", "cost_usd", "wall_seconds"}},
+"model": "..."}}. An issue exactly as factory-issue prints it is a worker task, so
 `factory-issue next | factory-spawn` works. An open issue is claimed first; a claimed one
 is taken as handed over.
 
@@ -39,21 +39,25 @@ Output: one run JSON: run, kind, issue, status, reason, branch, commit, base, fi
 turns, usage (with cache reads and writes), cost_usd, started, ended, record, timings.
 
 \b
-Exit codes:
-  0  ok: the agent finished (a worker: its work is on the branch)
-  1  failed: the agent finished without work, the container died, or the model refused
-  2  usage or bad input; nothing was done
-  3  timeout: the wall time budget ran out
-  4  budget: the turn, token or cost budget ran out
-  5  error: the model could not be reached after retries, or Docker/git failed
-  6  stuck: the agent repeated the same calls without progress
-  7  not run: the issue could not be claimed (someone else has it); nothing was done
+Exit codes: with a run JSON on stdout, the run's status (judge a run by its JSON: status,
+infra, landed); with none, nothing was run.
+  0    ok: the agent finished (a worker: its work is on the branch)
+  1    failed: the agent finished without work, the container died, or the model refused
+  2    usage or bad input: the task itself was refused; nothing was done
+  3    timeout: the wall time budget ran out
+  4    budget: the turn, token or cost budget ran out
+  5    error: the model could not be reached after retries, or Docker/git failed
+  6    stuck: the agent repeated the same calls without progress
+  7    not run: the issue could not be claimed (someone else has it); nothing was done
+  {SPAWN_CONFIG}   factory.yaml is invalid or ANTHROPIC_API_KEY is unset: the factory's trouble,
+       not the task's; nothing was done (EX_CONFIG)
+  {INTERRUPTED}  interrupted before the run began; nothing was done
 
 \b
 Examples:
   factory-issue next | factory-spawn
   factory-issue next --claim | factory-spawn | jq -r .status
-  echo '{"kind": "worker", "issue": {"id": "7f3a5c2e9b1d"}, "budgets": {"turns": 20}}' | factory-spawn
+  echo '{{"kind": "worker", "issue": {{"id": "7f3a5c2e9b1d"}}, "budgets": {{"turns": 20}}}}' | factory-spawn
   factory-issue show 7f3a | factory-spawn --pretty
 """)
 @click.argument("task_file", required=False, type=click.File("rb"))
@@ -67,15 +71,21 @@ def cli(task_file, pretty, quiet):
         task = contracts.validate_task(raw)
     except contracts.ContractError as e:
         raise BadInput(TOOL, f"task: {e}; nothing was done")
+    # The factory's own set-up, not the task's: a code of its own (exits.py), so that no
+    # caller blames the issue for it.
     if not os.environ.get("ANTHROPIC_API_KEY"):
-        raise BadInput(TOOL, "ANTHROPIC_API_KEY is not set; the agent loop needs it (it stays on this host)")
+        raise Failed(TOOL, "ANTHROPIC_API_KEY is not set; the agent loop needs it (it stays on this host)",
+                     code=SPAWN_CONFIG)
 
+    from . import config
     from .issues import NoSuchIssue
     repo = open_repo(TOOL)
-    cfg = load_config(TOOL, repo)
+    try:
+        cfg = config.load(repo.work_tree() or repo.git_dir)
+    except config.ConfigError as e:
+        raise Failed(TOOL, f"{e}\n(fix factory.yaml; nothing was done)", code=SPAWN_CONFIG)
 
-    from .spawn import (EXIT_NOT_RUN, STATUS_EXIT, Log, ModelWarmup, NotRun, interrupt_on_signals, model_name_for,
-                        run_task)
+    from .spawn import Log, ModelWarmup, NotRun, interrupt_on_signals, model_name_for, run_task
     # Everything that can refuse has been checked. The SDK import is the longest step
     # before the first model request: start it now, beside the rest of the set-up.
     warm = ModelWarmup(model_name_for(task, cfg), cfg["model"]["max_tokens"])
@@ -84,13 +94,13 @@ def cli(task_file, pretty, quiet):
     try:
         run = run_task(task, repo, cfg, log=Log(echo=not quiet), warm=warm)
     except KeyboardInterrupt:  # before the run began: nothing to record
-        raise Failed(TOOL, "interrupted before the run began", code=130)
+        raise Failed(TOOL, "interrupted before the run began", code=INTERRUPTED)
     except NotRun as e:
-        raise Failed(TOOL, f"not run: {e}", code=EXIT_NOT_RUN)
+        raise Failed(TOOL, f"not run: {e}", code=SPAWN_NOT_RUN)
     except NoSuchIssue as e:
         raise BadInput(TOOL, f"{e}; nothing was done")
     emit(run, pretty=pretty)
-    return STATUS_EXIT.get(run["status"], 5)
+    return SPAWN_STATUS.get(run["status"], SPAWN_STATUS["error"])
 
 
 def _read_task(task_file):

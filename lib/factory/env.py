@@ -60,3 +60,8 @@ def runs_dir(repo) -> str:
 
 def supervisor_lock(repo) -> str:
     return os.path.join(factory_dir(repo), "supervisor.lock")
+
+
+def supervisor_status(repo) -> str:
+    """What the running supervisor is waiting for, if anything (for `factory status`)."""
+    return os.path.join(state_dir(repo), "supervisor.json")

@@ -58,18 +58,55 @@ class NoFit(SlotError):
 
 def machine() -> dict:
     """The CPUs and memory leases may take: the machine's, unless FACTORY_CPUS /
-    FACTORY_MEMORY say less."""
-    cpus = float(env.get("FACTORY_CPUS") or len(os.sched_getaffinity(0)))
+    FACTORY_MEMORY say less. `cpus_from` / `memory_from` say where each limit came from,
+    for messages. SlotError when a variable is not a number or a size."""
+    cpus_env = env.get("FACTORY_CPUS")
+    try:
+        cpus = float(cpus_env) if cpus_env else float(len(os.sched_getaffinity(0)))
+    except ValueError:
+        cpus = -1.0
+    if cpus < 0 or cpus != cpus:  # negative or NaN
+        raise SlotError(f"FACTORY_CPUS={cpus_env!r} is not a number of CPUs such as 4 or 1.5")
     mem_env = env.get("FACTORY_MEMORY")
     memory = parse_size(mem_env) if mem_env else os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     if not memory:
         raise SlotError(f"FACTORY_MEMORY={mem_env!r} is not a size such as 16g")
-    return {"cpus": cpus, "memory": memory}
+    return {"cpus": cpus, "memory": memory,
+            "cpus_from": f"FACTORY_CPUS={cpus_env}" if cpus_env else "its CPUs",
+            "memory_from": f"FACTORY_MEMORY={mem_env}" if mem_env else "its memory"}
+
+
+def human_size(n: int) -> str:
+    for unit, name in ((1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")):
+        if n >= unit:
+            return f"{n / unit:.3g} {name}"
+    return f"{n} bytes"
+
+
+def check_fit(cfg: dict, kind: str) -> None:
+    """Raise NoFit when a lease of `kind` can never be granted here, however many others
+    end: its request is more than the machine has, or its quota is 0. factory-slot asks
+    before it waits (it would wait forever), the supervisor before it claims an issue
+    (the claim would be handed back, again and again). SlotError: FACTORY_CPUS or
+    FACTORY_MEMORY is invalid."""
+    cap = machine()
+    res = cfg["resources"][kind]
+    cpus, memory = float(res["cpus"]), parse_size(res["memory"])
+    if memory > cap["memory"]:
+        raise NoFit(f"memory: a {kind} asks for {human_size(memory)} (resources.{kind}.memory) and this "
+                    f"machine allows {human_size(cap['memory'])} ({cap['memory_from']}); lower "
+                    f"resources.{kind}.memory in factory.yaml")
+    if cpus > cap["cpus"] + 1e-9:
+        raise NoFit(f"cpus: a {kind} asks for {cpus:g} CPUs (resources.{kind}.cpus) and this machine "
+                    f"allows {cap['cpus']:g} ({cap['cpus_from']}); lower resources.{kind}.cpus in factory.yaml")
+    if cfg["slots"][kind] == 0:
+        raise NoFit(f"slots.{kind} is 0: no {kind} can ever run (raise it in factory.yaml)")
 
 
 class Slots:
     def __init__(self, root: str, cfg: dict):
         self.root = root
+        self.cfg = cfg
         self.quotas = {k: cfg["slots"][k] for k in KINDS}
         self.total = cfg["slots"]["total"]
         self.requests = {k: (float(r["cpus"]), parse_size(r["memory"])) for k, r in cfg["resources"].items()}
@@ -81,12 +118,8 @@ class Slots:
         """A lease and the fds that hold it, or None when no slot is free or the request
         does not fit beside the leases held now."""
         cpus, memory = self.requests[kind]
+        check_fit(self.cfg, kind)
         cap = machine()
-        if cpus > cap["cpus"] or memory > cap["memory"]:
-            raise NoFit(f"a {kind} asks for {cpus:g} CPUs and {memory >> 20} MiB; this machine has "
-                        f"{cap['cpus']:g} and {cap['memory'] >> 20} MiB (lower resources.{kind} in factory.yaml)")
-        if self.quotas[kind] == 0:
-            raise NoFit(f"slots.{kind} is 0: no {kind} can ever run (raise it in factory.yaml)")
         with self._admission():
             held = self.leases()
             used_cpus = sum(lease.cpus for lease in held)

@@ -19,8 +19,8 @@ from .gitstore import GitError, RefConflict, Repo
 from .issues import IssueStore, NotClaimable, make_event
 from .redact import Redactor
 
-STATUS_EXIT = {"ok": 0, "failed": 1, "timeout": 3, "budget": 4, "error": 5, "stuck": 6}
-EXIT_NOT_RUN = 7
+# factory-spawn's exit codes (the run's status, "not run") live with every other tool's in exits.py.
+
 HARVEST_GRACE_S = 120     # the container outlives the agent's wall budget by this much
 
 

@@ -4,7 +4,14 @@ It holds no state of its own. Each agent is two children: `factory-issue next --
 takes the next ready issue, then `factory-slot KIND -- factory-spawn` runs it with the
 issue on stdin. Everything it knows it rebuilds on start: from git (issues), the slot
 locks and the live workspaces; an issue claimed by a supervisor whose agent is gone is
-re-queued once, without counting an attempt. A flock makes it the only supervisor of
+re-queued once, without counting an attempt.
+
+Before each claim it reads factory.yaml again and asks slots.py whether the kind's
+request can ever fit this machine: an invalid config or a request that never fits claims
+nothing, and it waits (saying why) until factory.yaml changes. It judges each spawn by the
+run JSON it printed, else by the named exit codes of exits.py, never by a bare number: an
+issue is never charged, failed or blamed for the factory's own trouble (a slot refused, an
+invalid config, an engine gone). A flock makes it the only supervisor of
 a repository. It sleeps in select() on a pipe that signals and child exits write to,
 waking every few seconds to look for new issues: idle, it costs next to nothing.
 
@@ -13,6 +20,7 @@ but for the lock, always on the common git dir, so that neither a linked worktre
 another state directory can start a second supervisor on the same repository:
     supervisor.lock   flock held while a supervisor runs; holds its pid
     supervisor.log    its output under --detach
+    supervisor.json   its pid and what it waits for, if anything (read by `factory status`)
     logs/<issue>.log  each agent's stderr;  logs/<issue>.run.json  its run JSON
 
 Later kinds (sensors on a schedule, adversaries on branches in review, postmortems of
@@ -34,14 +42,25 @@ from dataclasses import dataclass
 
 from datetime import datetime, timezone
 
-from . import env
+from . import env, exits
 from .gitstore import Repo
 from .issues import IssueStore
 
 from .registry import KINDS
 POLL_S = 2.0            # how often an idle supervisor looks for new issues
 STOP_GRACE_S = 600      # a graceful stop waits this long for running agents
-EXIT_ALREADY_RUNNING = 3
+HOLD_S, HOLD_MAX_S = 1.0, 60.0  # after unexplained endings in a row: pause claims, doubling
+EXIT_ALREADY_RUNNING = exits.START_ALREADY_RUNNING
+EXIT_CANNOT_FIT = exits.START_CANNOT_FIT
+
+
+def _signature(path: str) -> tuple | None:
+    """What changes whenever a file is written or replaced (None: there is none)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
 def _mtime(path: str) -> int:
@@ -94,6 +113,14 @@ class Supervisor:
         self.recheck_at = 0.0       # when a not_before passes, the queue must be read again
         self.work_waiting = True    # the last read found ready work (a slot may have freed)
         self.engine_down = False    # a run failed because the Docker engine went away
+        from . import config
+        self.config_path = config.path_for(repo.work_tree() or repo.git_dir)
+        self.waiting: str | None = None   # why no work starts: factory.yaml invalid, a request never fits
+        self.waiting_sig = None           # factory.yaml as it was then: only a change can end the wait
+        self.gave_up: str | None = None   # --until-idle: ready work can never run here
+        self.status_written = None
+        self.unexplained = 0              # spawns in a row that ended with no run (not by our stop)
+        self.hold_until = 0.0             # no claim before this (monotonic): never a tight loop
 
     # -- the only supervisor ---------------------------------------------------------
 
@@ -165,7 +192,7 @@ class Supervisor:
                     self.stop("now")
             else:
                 self.fill()
-                if self.until_idle and not self.agents and not self.work_waiting:
+                if self.until_idle and not self.agents and (not self.work_waiting or self.gave_up):
                     break
             self.render()
             try:
@@ -177,7 +204,10 @@ class Supervisor:
                 pass
         self.stopping = self.stopping or "idle"
         self.render()
-        return 0
+        if self.gave_up:
+            self.say(f"giving up (--until-idle): {self.gave_up}")
+            return EXIT_CANNOT_FIT
+        return exits.OK
 
     def stop(self, how: str) -> None:
         if how == "now":
@@ -206,9 +236,15 @@ class Supervisor:
 
     def fill(self) -> None:
         """Start claims while the worker quota has room and issues are ready."""
-        quota = self.cfg["slots"]["worker"]
-        if self.running("worker") >= quota or any(a.phase == "claim" for a in self.agents):
+        if any(a.phase == "claim" for a in self.agents):
             return  # one claim at a time: each learns from the one before whether work is left
+        if self.waiting and _signature(self.config_path) == self.waiting_sig:
+            return  # only a change to factory.yaml can end this wait
+        if time.monotonic() < self.hold_until:
+            return
+        quota = self.cfg["slots"]["worker"]
+        if quota and self.running("worker") >= quota:
+            return  # (a quota of 0 goes on, to be reported as work that can never run)
         if self.engine_down:
             from . import sandbox
             if not sandbox.engine_info()["ok"]:
@@ -219,12 +255,43 @@ class Supervisor:
             return
         ready = self.ready("worker")
         self.work_waiting = bool(ready)
-        if not ready:
+        if not ready or not self.may_start("worker"):
             return
         proc = subprocess.Popen([self.tool("factory-issue"), "next", "--claim", "--kind", "worker", "--by", self.actor],
                                 cwd=self.repo.cwd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                 start_new_session=True)
         self.agents.append(Agent(kind="worker", proc=proc))
+
+    def may_start(self, kind: str) -> bool:
+        """Whether an agent of `kind` may be started now: factory.yaml, read again (it may
+        have changed since the last start), is valid, and slots.py says the kind's request
+        can ever fit this machine (what factory-slot would refuse with SLOT_CANNOT_FIT).
+        Checked before the claim, so that no issue is claimed only to be handed back."""
+        from . import config
+        from .slots import NoFit, SlotError, check_fit
+        sig = _signature(self.config_path)
+        try:
+            cfg = config.load(self.repo.work_tree() or self.repo.git_dir)
+            check_fit(cfg, kind)
+        except config.ConfigError as e:
+            more = f" (and {len(e.problems) - 1} more)" if len(e.problems) > 1 else ""
+            self.wait_for(e.problems[0] + more, sig)
+            return False
+        except SlotError as e:
+            self.wait_for(str(e), sig)
+            if isinstance(e, NoFit) and self.until_idle:
+                self.gave_up = str(e)
+            return False
+        self.cfg = cfg
+        self.gave_up = None
+        self.wait_for(None, None)
+        return True
+
+    def wait_for(self, why: str | None, sig) -> None:
+        if why != self.waiting:
+            self.say(f"waiting: {why}; no issue is claimed until factory.yaml changes" if why
+                     else "factory.yaml is fine again; going on")
+        self.waiting, self.waiting_sig = why, sig
 
     def _queue_may_have_changed(self) -> bool:
         seen = tuple(_mtime(os.path.join(self.repo.common_dir, p)) for p in ("refs/factory/issues", "packed-refs"))
@@ -274,8 +341,9 @@ class Supervisor:
         self.say(f"worker started on {issue['id']}: {issue['title'][:60]}")
 
     def settle(self, a: Agent) -> None:
-        """After a spawn: give up on an issue that can never succeed; put back one whose
-        spawn died before it could settle it."""
+        """After a spawn: judge it by the run JSON it printed, else by the named exit code
+        of whichever step refused (exits.py). Only a task factory-spawn refused is failed;
+        whatever else ended without settling the issue hands it back, uncounted."""
         code = a.proc.returncode
         issue_id = a.issue["id"]
         run = {}
@@ -284,19 +352,42 @@ class Supervisor:
                 run = json.loads(f.read() or "{}")
         except (OSError, ValueError):
             pass
-        self.say(f"worker on {issue_id} ended: {run.get('status', f'exit {code}')}"
-                 + (f" ({run['reason'][:80]})" if run.get("reason") and run.get("status") != "ok" else ""))
-        if code == 2:  # the task was refused: running it again cannot help
+        if run:
+            self.unexplained = 0
+            self.say(f"worker on {issue_id} ended: {run.get('status')}"
+                     + (f" ({run['reason'][:80]})" if run.get("reason") and run.get("status") != "ok" else ""))
+            if run.get("infra") and not self.engine_down:
+                self.engine_down = True
+                self.say("the Docker engine is not answering; waiting for it before starting more agents")
+            if run.get("landed") is not None:
+                return  # factory-spawn settled the issue under its claim (review, or re-queued)
+            why = "its run did not settle it"
+        elif code == exits.SPAWN_BAD_TASK:  # factory-slot never exits 2 itself: this is the task's
+            self.say(f"worker on {issue_id} ended: factory-spawn refused the task")
             self.store.close(issue_id, self.actor, reason="factory-spawn refused this issue as a task "
                              f"(see {self.logs}/{issue_id}.log)", state="failed")
             return
-        if run.get("infra") and not self.engine_down:
-            self.engine_down = True
-            self.say("the Docker engine is not answering; waiting for it before starting more agents")
-        if run:
-            return  # factory-spawn settled the issue itself (review, or re-queued with backoff)
-        # No run JSON: the spawn died before it could settle (killed). Unless another of
-        # our agents has the issue by now, put it back, uncounted.
+        elif code == exits.SPAWN_NOT_RUN:
+            self.say(f"worker on {issue_id} not run: someone else holds the issue")
+            return
+        elif code in (exits.SLOT_CONFIG, exits.SPAWN_CONFIG):
+            why = "factory.yaml was invalid when the agent started"
+        elif code == exits.SLOT_CANNOT_FIT:
+            why = "factory-slot found that a worker's request can never fit this machine"
+        elif code in exits.SLOT_OWN:
+            why = f"factory-slot refused (exit {code}; see {self.logs}/{issue_id}.log)"
+        else:
+            why = (f"killed by signal {-code}" if code < 0 else f"exit {code}") + " before it printed a run"
+        self.say(f"worker on {issue_id} ended: {why}; handing the issue back, uncounted")
+        if not self.stopping and not run.get("infra"):
+            # Whatever it was may happen again at once (a crash, a tool not installed, a
+            # check that disagrees with factory-slot's): a pause, doubling, keeps an issue
+            # from being claimed and handed back in a tight loop. (The engine has its own wait.)
+            self.unexplained += 1
+            pause = min(HOLD_MAX_S, HOLD_S * 2 ** (self.unexplained - 1))
+            self.hold_until = time.monotonic() + pause
+            self.say(f"{self.unexplained} agent(s) in a row ended that way; no claim for {pause:g} s")
+        # Unless another of our agents has the issue by now, put it back, uncounted.
         current = self.store.get(issue_id)
         ours_on_it = any(x.issue and x.issue["id"] == issue_id for x in self.agents)
         if current["state"] == "claimed" and current.get("claimed_by") == self.actor and not ours_on_it:
@@ -314,16 +405,34 @@ class Supervisor:
         kernel = {None: "running", "graceful": "stopping", "now": "stopping now", "idle": "stopped"}[self.stopping]
         if self.engine_down and not self.stopping:
             kernel = "waiting for docker"
+        elif self.waiting and not self.stopping:
+            kernel = "waiting: " + self.waiting
+        self.write_status(kernel)
         first = f"spawning agents  slots: {used}/{total}"
         second = f"workers:{c['worker']}  sensors:{c['sensor']}  adversaries:{c['adversary']}  kernel:{kernel}"
+        tty = self.out.isatty()
+        if tty:  # a wrapped line would break the two-line redraw
+            import shutil
+            second = second[:shutil.get_terminal_size().columns - 1]
         if (first, second) == self.last_line:
             return
-        tty = self.out.isatty()
         if tty and self.last_line is not None:
             self.out.write("\x1b[2F\x1b[J")  # up two lines, clear: a live status
         self.out.write(f"{first}\n{second}\n" if tty else f"{first}  {second}\n")
         self.out.flush()
         self.last_line = (first, second)
+
+    def write_status(self, kernel: str) -> None:
+        """For `factory status`, which runs in another process: what this one waits for."""
+        status = {"v": 1, "pid": os.getpid(), "kernel": kernel, "waiting": self.waiting}
+        if status == self.status_written:
+            return
+        from . import atomic
+        try:
+            atomic.write_text(env.supervisor_status(self.repo), json.dumps(status) + "\n")
+            self.status_written = status
+        except OSError as e:
+            self.say(f"warning: cannot write {env.supervisor_status(self.repo)}: {e}")
 
     def say(self, msg: str) -> None:
         print(f"factory: {msg}", file=sys.stderr, flush=True)
