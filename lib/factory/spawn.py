@@ -63,24 +63,31 @@ class Log:
 
 class ModelWarmup(threading.Thread):
     """Import the SDK and build the client while the container starts (the import alone
-    takes about a second)."""
+    takes about a second); then load the secret detectors, which the first request does
+    not wait for."""
 
     def __init__(self, name: str, max_tokens: int):
         super().__init__(daemon=True)
         self.name_, self.max_tokens = name, max_tokens
         self.model, self.error = None, None
+        self.ready = threading.Event()
 
     def run(self):
         try:
-            from . import redact
             from .model import Model
-            redact.detectors()  # the secret detectors load once, off the critical path too
             self.model = Model(self.name_, self.max_tokens)
         except Exception as e:  # raised again in the caller's thread by get()
             self.error = e
+        finally:
+            self.ready.set()
+        try:
+            from . import redact
+            redact.detectors()  # loaded once per process; the records need them at the end
+        except Exception:
+            pass  # the first redaction loads them again, and says why if it cannot
 
     def get(self):
-        self.join()
+        self.ready.wait()
         if self.error:
             raise self.error
         return self.model
