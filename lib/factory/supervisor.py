@@ -208,8 +208,8 @@ class Supervisor:
         quota = self.cfg["slots"]["worker"]
         if self.running("worker") >= quota or any(a.phase == "claim" for a in self.agents):
             return  # one claim at a time: each learns from the one before whether work is left
+        from . import sandbox
         if self.engine_down:
-            from . import sandbox
             if not sandbox.engine_info()["ok"]:
                 return  # no point starting agents that cannot get a container; look again soon
             self.engine_down = False
@@ -219,6 +219,11 @@ class Supervisor:
         ready = self.ready("worker")
         self.work_waiting = bool(ready)
         if not ready:
+            return
+        if not sandbox.engine_info()["ok"]:
+            # Before a run's spawn has exited, and so before it tells us the engine cut it,
+            # it has put its issue back: do not hand that to a spawn that cannot run it.
+            self.engine_is_down()
             return
         proc = subprocess.Popen([self.tool("factory-issue"), "next", "--claim", "--kind", "worker", "--by", self.actor],
                                 cwd=self.repo.cwd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
@@ -289,9 +294,10 @@ class Supervisor:
             self.store.close(issue_id, self.actor, reason="factory-spawn refused this issue as a task "
                              f"(see {self.logs}/{issue_id}.log)", state="failed")
             return
-        if run.get("infra") and not self.engine_down:
-            self.engine_down = True
-            self.say("the Docker engine is not answering; waiting for it before starting more agents")
+        if run.get("infra"):
+            # Its issue is open again: not idle (--until-idle) until that has run.
+            self.work_waiting = True
+            self.engine_is_down()
         if run:
             return  # factory-spawn settled the issue itself (review, or re-queued with backoff)
         # No run JSON: the spawn died before it could settle (killed). Unless another of
@@ -300,6 +306,11 @@ class Supervisor:
         ours_on_it = any(x.issue and x.issue["id"] == issue_id for x in self.agents)
         if current["state"] == "claimed" and current.get("claimed_by") == self.actor and not ours_on_it:
             self.store.update(issue_id, {"state": "open", "claimed_by": None}, self.actor)
+
+    def engine_is_down(self) -> None:
+        if not self.engine_down:
+            self.engine_down = True
+            self.say("the Docker engine is not answering; waiting for it before starting more agents")
 
     # -- output ----------------------------------------------------------------------
 
