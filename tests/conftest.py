@@ -47,6 +47,14 @@ def tool_env(tmp_path):
     return env
 
 
+@pytest.fixture(scope="session")
+def default_image():
+    """The agent image of the default config, on the default engine (built once, kept):
+    what a private engine (tests/privateengine.py) is given with load_image()."""
+    from factory import config, images
+    return images.ensure_image(images.recipe_from_config(config.DEFAULTS), log=lambda m: None)
+
+
 @pytest.fixture
 def git_repo(tmp_path):
     """An empty git repository with one commit on main."""

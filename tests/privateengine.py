@@ -3,6 +3,11 @@ root, exec root, pidfile, containerd (namespace and plugins namespace), cgroup p
 daemon.json, and no bridge, iptables or proxy, so it shares nothing with the default
 engine and can be configured differently (say, with another runtime registered).
 
+`stop_daemon()` stops only dockerd (and so its containerd and containers), keeping its
+directories, data and images: `start()` then brings the same engine back, as a machine's
+engine comes back after a restart. `load_image()` copies an image in from the default
+engine (`docker save | docker load`: a fresh engine has none).
+
 Stopping it stops dockerd (which stops its containerd), then whatever of its own still
 runs (a shim or a gVisor sandbox that a failed container start left behind: each names
 the engine's directory on its command line), unmounts what is left under its directory,
@@ -58,11 +63,14 @@ class PrivateEngine:
             return False
 
     def start(self) -> "PrivateEngine":
+        """Start dockerd; again after stop_daemon(), on the same directories and data."""
         d = self.dir
-        if self.data_tmpfs:
+        if self.proc is not None and self.proc.poll() is None:
+            raise EngineFailed(f"dockerd (pid {self.proc.pid}) of {self.name} runs already")
+        os.makedirs(f"{d}/data", exist_ok=True)
+        if self.data_tmpfs and not self._mounted(f"{d}/data"):
             # Images in memory: a loaded image's ~10,000 files take seconds to delete from
             # disk, and an unmount takes none. Root only; elsewhere the disk serves.
-            os.mkdir(f"{d}/data")
             subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={self.data_tmpfs},mode=0710",
                             f"{self.name}-data", f"{d}/data"], capture_output=True)
         cmd = ["dockerd", "--config-file", self.config_path, "-H", self.host,
@@ -70,7 +78,7 @@ class PrivateEngine:
                "--containerd-namespace", self.name, "--containerd-plugins-namespace", f"{self.name}-p",
                "--cgroup-parent", f"/{self.name}", "--bridge=none", "--iptables=false", "--ip-masq=false",
                "--ip6tables=false", "--userland-proxy=false"]
-        with open(self.log_path, "wb") as log:
+        with open(self.log_path, "ab") as log:  # a restart's log follows the first's
             # A session of its own: a Ctrl-C meant for pytest must not reach dockerd before
             # the teardown does, which stops it in order.
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -93,6 +101,26 @@ class PrivateEngine:
 
     def containers(self) -> list[str]:
         return self.docker("ps", "-aq", check=False).stdout.split()
+
+    def load_image(self, image: str, timeout: int = 300) -> None:
+        """Copy `image` from the default engine into this one (7-15 s for the agent image);
+        its tags come with it."""
+        save = subprocess.Popen(["docker", "save", image], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            load = self.docker("load", stdin=save.stdout, check=False, timeout=timeout)
+        finally:
+            save.stdout.close()
+            err = save.stderr.read().decode(errors="replace")
+            save.stderr.close()
+        if save.wait() != 0 or load.returncode != 0:
+            raise EngineFailed(f"cannot copy {image} into {self.name}: {err.strip() or load.stderr.strip()}")
+
+    def stop_daemon(self) -> None:
+        """Stop dockerd, as a machine's engine stops: its containerd, shims and containers
+        go with it; its directories, data and images stay for start() to go on from.
+        Returns once dockerd has exited and nothing of the engine runs."""
+        self._stop_dockerd()
+        self._kill_leftovers()
 
     def stop(self) -> None:
         """Stop everything this engine started and remove its traces; safe to call twice.
@@ -120,6 +148,10 @@ class PrivateEngine:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+    def _mounted(self, path: str) -> bool:
+        with open("/proc/self/mountinfo") as f:
+            return any(line.split()[4] == path for line in f)
 
     def _own_pids(self) -> list[int]:
         """Processes whose command line names this engine's directory (a unique temp

@@ -25,7 +25,7 @@ from modelserver import ScriptedModel, text, tool_use
 from privateengine import EngineFailed, PrivateEngine
 from spawnkit import CANARY_KEY, file_issue, git, sample_repo, spawn, spawn_env, tool_results
 
-from factory import config, images, sandbox
+from factory import sandbox
 
 GVISOR_KERNEL = "4.4.0"  # what gVisor's kernel says it is (uname -r)
 REGISTER = os.path.join(ROOT, "scripts", "register-runsc")
@@ -53,12 +53,6 @@ def _ensure_runsc() -> str:
     if p.returncode != 0 or not os.access("/usr/bin/runsc", os.X_OK):
         _unavailable(f"cannot install runsc: {p.stderr.strip()[-300:]}")
     return "/usr/bin/runsc"
-
-
-@pytest.fixture(scope="module")
-def default_image():
-    """The agent image of the default config, on the default engine (built once, kept)."""
-    return images.ensure_image(images.recipe_from_config(config.DEFAULTS), log=lambda m: None)
 
 
 def register(daemon_json, runsc="/usr/bin/runsc"):
@@ -91,11 +85,7 @@ def runsc_engine(default_image):
         while engine_runsc_args(engine) != ["--network=none"]:
             assert time.monotonic() < deadline, f"dockerd did not reload runsc on SIGHUP: {engine.log_tail()}"
             time.sleep(0.1)
-        # The two engines' image stores are separate: copy the image over (7-15 s).
-        save = subprocess.Popen(["docker", "save", default_image], stdout=subprocess.PIPE)
-        load = engine.docker("load", stdin=save.stdout, check=False, timeout=300)
-        save.stdout.close()
-        assert save.wait() == 0 and load.returncode == 0, f"cannot copy {default_image}: {load.stderr}"
+        engine.load_image(default_image)  # the two engines' image stores are separate
         yield engine
         assert engine.containers() == [], "a container was left in the private engine"
     finally:

@@ -220,3 +220,46 @@ def test_cleanup_finds_a_container_it_was_never_handed(tmp_path, monkeypatch):
     assert containers_of_run(ws.run_id) == [sb.id[:12]]
     spawn._clean_up(repo, None, ws, ws.run_id)  # handed no container, as after such a signal
     assert containers_of_run(ws.run_id) == [] and not os.path.exists(ws.root)
+
+
+def test_a_run_cut_by_the_engine_is_not_counted_though_the_engine_is_back_at_its_end(repo, tmp_path, tool_env,
+                                                                                      monkeypatch):
+    """The agent's second tool call cannot reach the engine (docker-py's ConnectionError,
+    as when dockerd has stopped); by the time the run ends the engine answers again (a
+    service manager restarted it). The run is still the engine's failure, not the issue's:
+    recorded, re-queued uncounted, said so; it ends at once instead of the model being
+    told to try again. In process, so that only this run's calls fail: the engine itself
+    is never touched."""
+    import docker
+    import requests
+    from factory import config, contracts, spawn as spawn_mod
+    from factory.gitstore import Repo
+    issue = file_issue(repo, tool_env)
+    gone = []
+    real_exec_create = docker.api.client.APIClient.exec_create
+
+    def exec_create(self, *a, **k):
+        if gone:
+            raise requests.exceptions.ConnectionError("('Connection aborted.', FileNotFoundError(2, "
+                                                      "'No such file or directory'))")
+        return real_exec_create(self, *a, **k)
+
+    def engine_stops(body):
+        gone.append(True)
+        return bash("echo are you there")
+
+    monkeypatch.setattr(docker.api.client.APIClient, "exec_create", exec_create)
+    with ScriptedModel([CHANGE, engine_stops, text("done")]) as api:
+        for k, v in spawn_env(tool_env, api, tmp_path / "runs").items():
+            monkeypatch.setenv(k, v)
+        monkeypatch.chdir(repo)
+        r = Repo(str(repo))
+        task = contracts.validate_task({"kind": "worker", "issue": issue})
+        run = spawn_mod.run_task(task, r, config.load(str(repo)), log=spawn_mod.Log(echo=False))
+    assert len(api.requests) == 2, "the model was asked again after the engine was gone"
+    assert run["status"] == "error" and run["infra"] and run["turns"] == 2, run
+    assert "stopped answering" in run["reason"] and "not answering" in run["reason"], run["reason"]
+    now = issue_of(repo, tool_env, issue["id"])
+    assert now["state"] == "open" and now["attempts"] == 0 and not now.get("not_before"), now
+    assert any("not answering" in c["text"] for c in now["comments"])
+    assert containers_of_run(run["run"]) == [] and os.listdir(tmp_path / "runs") == []

@@ -14,6 +14,7 @@ import time
 import pytest
 from conftest import BIN, run_tool
 from modelserver import ScriptedModel, delay, text, tool_use
+from privateengine import PrivateEngine
 from spawnkit import file_issue, git, sample_repo, spawn_env
 
 pytestmark = pytest.mark.docker
@@ -219,36 +220,130 @@ def test_a_container_killed_from_outside_is_retried(repo, env):
     assert no_containers_left(repo)
 
 
-def engine_answers():
-    return subprocess.run(["docker", "info"], capture_output=True).returncode == 0
+class EngineCut:
+    """A scripted model that makes certain each of n agents' runs meets a dead engine: every
+    agent's first turn creates its file (so its container is up and works); its second
+    turn waits until all n agents are there and the test has stopped the engine, then
+    calls a tool, which can only fail. Later turns, and every turn once the cut is over
+    (the re-runs), answer as `responder` does. Runs in the model server's threads."""
+
+    def __init__(self, n, timeout=120):
+        self.timeout = timeout
+        self.arrived = threading.Barrier(n + 1, timeout=timeout)  # the last party is the test
+        self.stopped = threading.Event()
+
+    def __call__(self, body):
+        messages = body["messages"]
+        issue_id = re.search(r'"id": "([0-9a-f]{12})"', messages[0]["content"][0]["text"]).group(1)
+        results = sum(1 for m in messages if m["role"] == "user"
+                      for b in m["content"] if isinstance(b, dict) and b.get("type") == "tool_result")
+        if results == 0:
+            return tool_use("str_replace_based_edit_tool", {
+                "command": "create", "path": f"/workspace/repo/{issue_id}.txt", "file_text": issue_id})
+        if results == 1 and not self.stopped.is_set():
+            self.arrived.wait()  # BrokenBarrierError on timeout: a server error, the test fails
+            if not self.stopped.wait(self.timeout):
+                raise AssertionError("the test did not stop the engine")
+            return tool_use("bash", {"command": "echo the engine is gone by now"})
+        return text("done")
+
+    def wait_for_agents(self):
+        """Until every agent holds its second turn."""
+        self.arrived.wait()
 
 
-def test_dockerd_stopped_mid_run_and_started_again_loses_no_issue(repo, env):
-    """Runs the engine took down are recorded, re-queued uncounted, and run again once it
-    is back. Restarts the engine: needs root, like CI."""
-    if os.geteuid() != 0 or not subprocess.run(["pgrep", "-x", "dockerd"], capture_output=True).stdout:
-        pytest.skip("needs root and a dockerd this test may restart")
-    for n in range(3):
-        file_issue(repo, env, title=f"task {n}")
-    p = start(repo, env, "--until-idle")
+@pytest.fixture
+def engine(default_image):
+    """A Docker engine of this test's own, holding the agent image; stopped and removed
+    after the test whatever happened, with whatever it still runs."""
+    if os.geteuid() != 0:
+        if os.environ.get("CI"):
+            pytest.fail("under CI a private Docker engine must start (CI runs as root)")
+        pytest.skip("a private Docker engine needs root")
+    e = PrivateEngine(prefix="factory-sup")
     try:
-        wait_for(lambda: len(running_agents(repo, env)) >= 2)
-        subprocess.run(["pkill", "-TERM", "-x", "dockerd"], check=True)
-        wait_for(lambda: not engine_answers(), timeout=60)
-        time.sleep(2)  # agents meet the dead engine
+        e.start()
+        e.load_image(default_image)
+        yield e
     finally:
-        root = os.path.dirname(BIN)
-        assert subprocess.run([os.path.join(root, "scripts", "ensure-docker")]).returncode == 0
-    out, err = p.communicate(timeout=300)
-    assert p.returncode == 0, err
+        e.stop()
+
+
+class StatusLines(threading.Thread):
+    """The supervisor's status lines (one per change when stdout is not a terminal), as
+    they come."""
+
+    def __init__(self, stream):
+        super().__init__(daemon=True)
+        self.stream, self.lines = stream, []
+        self.start()
+
+    def run(self):
+        for line in self.stream:
+            self.lines.append(line.rstrip("\n"))
+
+
+def test_dockerd_stopped_mid_run_and_started_again_loses_no_issue(repo, env, engine, tmp_path):
+    """Runs the engine took down are recorded, re-queued uncounted, and run again once it
+    is back; meanwhile the supervisor says it waits for docker. On an engine of the test's
+    own: the machine's engine is never touched. A slot more than there are issues: an
+    --until-idle supervisor whose last look found no more work must still wait for the
+    runs the engine cut."""
+    n = 3
+    (repo / "factory.yaml").write_text(f"slots:\n  worker: {n + 1}\nbudgets:\n  retry_backoff_seconds: 0\n")
+    git(repo, "commit", "-qam", "a slot to spare")
+    cut = EngineCut(n)
+    env = engine.env(env)
+    with ScriptedModel([cut] * 100) as api, open(tmp_path / "supervisor.err", "w+") as err:
+        env["ANTHROPIC_BASE_URL"] = api.base_url
+        for k in range(n):
+            file_issue(repo, env, title=f"task {k}")
+        p = subprocess.Popen([os.path.join(BIN, "factory"), "start", "--until-idle"], cwd=repo, env=env,
+                             stdout=subprocess.PIPE, stderr=err, text=True)
+        STARTED.append(p)
+        try:
+            status = StatusLines(p.stdout)
+            cut.wait_for_agents()
+            engine.stop_daemon()
+            cut.stopped.set()  # the agents' tool calls go out now, to a dead engine
+
+            def waiting():
+                s = json.loads(run_tool(["factory", "status", "--json"], cwd=repo, env=env).stdout)
+                return (not s["engine"]["ok"] and s["supervisor"]["running"]
+                        and any(line.endswith("kernel:waiting for docker") for line in status.lines))
+            wait_for(waiting, timeout=60)
+            engine.start()
+            p.wait(timeout=120)
+            status.join(timeout=10)
+        finally:
+            cut.arrived.abort()  # no model thread waits on a test that has failed
+            cut.stopped.set()
+            if p.poll() is None:  # stop its agents too, before the engine's teardown
+                p.send_signal(signal.SIGUSR1)
+                try:
+                    p.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    pass
+            err.seek(0)
+            log = err.read()
+    assert api.errors == []
+    assert p.returncode == 0, log
+    assert status.lines[-1].endswith("kernel:stopped"), status.lines
     got = issues(repo, env)
-    assert [i["state"] for i in got] == ["review"] * 3, [(i["state"], i["comments"]) for i in got]
-    assert all(i["attempts"] == 0 for i in got), "the engine's failure is not the issues'"
-    interrupted = [i for i in got if len(i["runs"]) > 1]
-    assert interrupted, "some run was cut by the engine stopping"
-    for i in interrupted:
-        assert any("not answering" in c["text"] for c in i["comments"])
-    assert no_containers_left(repo)
+    assert [i["state"] for i in got] == ["review"] * n, [(i["state"], i["comments"]) for i in got]
+    for i in got:
+        assert i["attempts"] == 0, f"the engine's failure is not the issue's: {i['comments']}"
+        assert len(i["runs"]) == 2, f"{i['id']} ran {len(i['runs'])} times: {i['comments']}"
+        assert any("not answering" in c["text"] for c in i["comments"]), i["comments"]
+        assert git(repo, "show", f"factory/{i['id']}:{i['id']}.txt") == i["id"]
+        # The first run is the one the engine cut, recorded as such: it got to its tool call.
+        cut_run = json.loads(git(repo, "show", f"refs/factory/runs/{i['runs'][0]}:run.json"))
+        assert cut_run["infra"] and cut_run["status"] == "error" and cut_run["turns"] == 2, cut_run
+        assert "not answering" in cut_run["reason"], cut_run["reason"]
+        transcript = git(repo, "show", f"refs/factory/runs/{i['runs'][0]}:transcript.json")
+        assert "the engine is gone by now" in transcript
+    assert "the Docker engine answers again" in log
+    assert engine.containers() == [], "a container was left in the private engine"
 
 
 def test_detach_status_logs_and_stop(repo, env):

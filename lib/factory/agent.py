@@ -104,6 +104,7 @@ class Agent:
     # -- the loop ------------------------------------------------------------------
 
     def run(self, first_message: str) -> Outcome:
+        from .sandbox import EngineUnavailable
         out = Outcome(status="ok", reason="")
         messages = [{"role": "user", "content": [{"type": "text", "text": first_message}]}]
         out.transcript = messages
@@ -146,6 +147,9 @@ class Agent:
                 out.status, out.reason = "failed", str(e)
                 break
             except ToolsUnavailable as e:
+                out.status, out.reason = "error", str(e)
+                break
+            except EngineUnavailable as e:  # no tool can run; the caller tells whose fault it is
                 out.status, out.reason = "error", str(e)
                 break
             messages.append({"role": "user", "content": results})
@@ -191,7 +195,7 @@ class Agent:
     # -- tools ---------------------------------------------------------------------
 
     def _call(self, call: dict) -> dict:
-        from .sandbox import SandboxGone
+        from .sandbox import EngineUnavailable, SandboxGone
         name, args = call["name"], call.get("input")
         args = {} if args is None else args
         try:
@@ -206,8 +210,8 @@ class Agent:
             else:
                 text, is_error = (f"there is no tool named {name!r}; the tools are "
                                   f"{', '.join(t['name'] for t in self.tools)}"), True
-        except ContainerGone:
-            raise
+        except (ContainerGone, EngineUnavailable):
+            raise  # the run ends: no later call can work either, and it is not the model's doing
         except SandboxGone as e:
             raise ContainerGone(f"the container is gone (killed from outside, or past its deadline): {e}")
         except (ToolInputError, editor.EditorError) as e:

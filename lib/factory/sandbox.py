@@ -35,6 +35,7 @@ import select
 import socket
 import struct
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, asdict
 
 from .config import parse_size
@@ -95,6 +96,11 @@ BASE_ENV = {
 
 class EngineUnavailable(Exception):
     """No Docker engine answers; the message says how to start one."""
+
+
+class EngineLost(EngineUnavailable):
+    """The engine stopped answering in the middle of a container's life: a call on it
+    could not reach the engine at all (its socket gone, the connection refused or cut)."""
 
 
 class SandboxError(Exception):
@@ -239,6 +245,10 @@ class Sandbox:
         self.name = name
         self.labels = dict(labels or {})
         self._client = None
+        # Set once a call on this container could not reach the engine. Whether the engine
+        # answers again by the time the run ends does not undo it: the run was cut by the
+        # engine, not by its task (spawn.py judges a run's `infra` by it).
+        self.engine_lost = False
 
     def __repr__(self):
         return f"Sandbox({self.id[:12]!r}, name={self.name!r})"
@@ -246,8 +256,24 @@ class Sandbox:
     @property
     def docker(self):
         if self._client is None:
-            self._client = client(timeout=30)
+            try:
+                self._client = client(timeout=30)
+            except EngineUnavailable:
+                self.engine_lost = True
+                raise
         return self._client
+
+    @contextmanager
+    def _engine(self):
+        """Docker calls on this container: one that cannot reach the engine raises
+        EngineLost (docker-py lets requests' ConnectionError through, which is no
+        DockerException) and notes it in engine_lost."""
+        import requests
+        try:
+            yield
+        except requests.exceptions.ConnectionError as e:
+            self.engine_lost = True
+            raise EngineLost(f"the Docker engine stopped answering ({e})") from e
 
     @classmethod
     def start(cls, image: str, *, labels: dict, cpus: float, memory: str | int, pids: int,
@@ -278,22 +304,23 @@ class Sandbox:
         errors = _errors()
         mounts = [Mount(target=OBJECTS, source=os.path.abspath(objects), type="bind", read_only=True)] if objects else []
         try:
-            container = sb.docker.containers.create(
-                image,
-                # The deadline: when sleep ends the container exits and auto_remove removes it.
-                entrypoint=["sleep"], command=[str(int(deadline_s))],
-                name=name, labels=all_labels, user=user, working_dir=WORKSPACE,
-                environment={**BASE_ENV, **(env or {})},
-                network_mode="none", cap_drop=["ALL"], security_opt=["no-new-privileges"],
-                read_only=True, init=True, auto_remove=True,
-                # exec allowed on both: agents run scripts and tests there, and noexec would
-                # stop nothing that `bash script` does not allow anyway.
-                tmpfs={TMP: f"rw,nosuid,nodev,exec,size={_size(tmp_size, 'tmp_size')},mode=1777",
-                       WORKSPACE: f"rw,nosuid,nodev,exec,size={_size(disk, 'disk')},mode=0755,uid={uid},gid={gid}"},
-                mounts=mounts,
-                pids_limit=int(pids), mem_limit=mem, memswap_limit=mem,  # no swap on top
-                nano_cpus=int(float(cpus) * 1e9), runtime=runtime,
-            )
+            with sb._engine():
+                container = sb.docker.containers.create(
+                    image,
+                    # The deadline: when sleep ends the container exits and auto_remove removes it.
+                    entrypoint=["sleep"], command=[str(int(deadline_s))],
+                    name=name, labels=all_labels, user=user, working_dir=WORKSPACE,
+                    environment={**BASE_ENV, **(env or {})},
+                    network_mode="none", cap_drop=["ALL"], security_opt=["no-new-privileges"],
+                    read_only=True, init=True, auto_remove=True,
+                    # exec allowed on both: agents run scripts and tests there, and noexec would
+                    # stop nothing that `bash script` does not allow anyway.
+                    tmpfs={TMP: f"rw,nosuid,nodev,exec,size={_size(tmp_size, 'tmp_size')},mode=1777",
+                           WORKSPACE: f"rw,nosuid,nodev,exec,size={_size(disk, 'disk')},mode=0755,uid={uid},gid={gid}"},
+                    mounts=mounts,
+                    pids_limit=int(pids), mem_limit=mem, memswap_limit=mem,  # no swap on top
+                    nano_cpus=int(float(cpus) * 1e9), runtime=runtime,
+                )
         except errors.ImageNotFound as e:
             raise SandboxError(f"no image '{image}' (build it: factory image build)") from e
         except errors.APIError as e:
@@ -301,7 +328,8 @@ class Sandbox:
                                or f"cannot create a container from '{image}': {e.explanation or e}") from e
         sb.id, sb.name = container.id, container.name
         try:
-            container.start()
+            with sb._engine():
+                container.start()
         except errors.APIError as e:
             sb.remove()  # created but never started: auto_remove would never fire
             raise SandboxError(runtime_hint(runtime, e, sb.docker)
@@ -313,7 +341,8 @@ class Sandbox:
     def state(self) -> State:
         errors = _errors()
         try:
-            st = self.docker.api.inspect_container(self.id)["State"]
+            with self._engine():
+                st = self.docker.api.inspect_container(self.id)["State"]
         except errors.NotFound:
             return State("gone", None, False)
         status = st.get("Status") or "unknown"
@@ -329,7 +358,8 @@ class Sandbox:
             return
         errors = _errors()
         try:
-            self.docker.api.remove_container(self.id, force=True)
+            with self._engine():
+                self.docker.api.remove_container(self.id, force=True)
         except errors.NotFound:
             pass
         except errors.APIError as e:
@@ -405,18 +435,19 @@ class Sandbox:
                str(KILL_GRACE_S), f"{float(timeout):.3f}"] + argv
         started = time.monotonic()
         try:
-            exec_id = api.exec_create(self.id, cmd, stdout=True, stderr=True, stdin=False, tty=False,
-                                      user=agent_user(), workdir=workdir,
-                                      environment={str(k): str(v) for k, v in (env or {}).items()})["Id"]
-            sock = api.exec_start(exec_id, socket=True)
-            try:
-                finished = _pump(sock, on_output or (lambda s, d: None),
-                                 deadline=started + timeout + KILL_GRACE_S + HOST_SLACK_S,
-                                 exited=lambda: _exec_exited(api, exec_id))
-            finally:
-                sock.close()
-            duration = time.monotonic() - started
-            code = _exec_exit_code(api, exec_id) if finished else None
+            with self._engine():
+                exec_id = api.exec_create(self.id, cmd, stdout=True, stderr=True, stdin=False, tty=False,
+                                          user=agent_user(), workdir=workdir,
+                                          environment={str(k): str(v) for k, v in (env or {}).items()})["Id"]
+                sock = api.exec_start(exec_id, socket=True)
+                try:
+                    finished = _pump(sock, on_output or (lambda s, d: None),
+                                     deadline=started + timeout + KILL_GRACE_S + HOST_SLACK_S,
+                                     exited=lambda: _exec_exited(api, exec_id))
+                finally:
+                    sock.close()
+                duration = time.monotonic() - started
+                code = _exec_exit_code(api, exec_id) if finished else None
         except errors.APIError as e:
             self._raise_if_gone(e)
             raise SandboxError(f"exec failed in {self.id[:12]}: {e.explanation or e}") from e
@@ -481,7 +512,7 @@ class Sandbox:
         except BaseException:
             try:
                 self._run(["rm", "-f", "--", tmp], timeout=10)
-            except SandboxError:
+            except (SandboxError, EngineUnavailable):
                 pass
             raise
         return full

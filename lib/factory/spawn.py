@@ -143,6 +143,7 @@ def run_task(task: dict, repo: Repo, cfg: dict, *, log: Log, run_id: str | None 
     ws = Workspace(repo, run_id)
     sb = None
     work_commit = None
+    engine_lost = False  # a Docker call of this run could not reach the engine
     reaper = threading.Thread(target=_reap_orphans, args=(repo, log), daemon=True)
     reaper.start()  # leftovers of killed spawns: not on the way to the first model request
     try:
@@ -187,7 +188,7 @@ def run_task(task: dict, repo: Repo, cfg: dict, *, log: Log, run_id: str | None 
             run["timings"]["first_request_s"] = round(outcome.first_request_at - t0, 3)
         if outcome.last_answer_at:
             run["timings"]["last_answer_s"] = round(outcome.last_answer_at - t0, 3)
-        if kind == "worker" and sb.alive():
+        if kind == "worker" and not sb.engine_lost and sb.alive():
             try:
                 work_commit = agentrepo.harvest(repo, sb, ws.bundle, base, run_id, cfg["harvest"], log,
                                                 deadline_pid=checkout.result)
@@ -204,6 +205,7 @@ def run_task(task: dict, repo: Repo, cfg: dict, *, log: Log, run_id: str | None 
     except (sandbox.SandboxError, sandbox.EngineUnavailable, images.ImageError, WorkspaceError, GitError,
             ToolsUnavailable) as e:
         run["status"], run["reason"] = "error", str(e)
+        engine_lost = isinstance(e, sandbox.EngineUnavailable)
     except Exception as e:
         from .model import ModelError
         if isinstance(e, ModelError):  # raised before the loop, e.g. while building the client
@@ -214,16 +216,21 @@ def run_task(task: dict, repo: Repo, cfg: dict, *, log: Log, run_id: str | None 
             run["status"], run["reason"] = "error", f"internal error: {type(e).__name__}: {e}"
     finally:
         _ending.set()
-        if sb is not None and run["status"] != "ok":
+        if sb is not None and run["status"] != "ok" and not sb.engine_lost:
             try:
                 run["oom_kills"] = sb.oom_kills() if sb.alive() else None  # exec OOMs do not show
-            except sandbox.SandboxError:                                   # in docker's OOMKilled
+            except (sandbox.SandboxError, sandbox.EngineUnavailable):      # in docker's OOMKilled
                 pass
         reaper.join()
-        if run["status"] in ("error", "failed") and not sandbox.engine_info()["ok"]:
-            # The engine went away under the run: the factory's trouble, not the issue's.
+        # The engine went away under the run: the factory's trouble, not the issue's. A call
+        # that could not reach the engine says so for certain, even when the engine is back
+        # by now (restarted at once, as a service manager does); failing that, an engine that
+        # does not answer now is the likeliest cause.
+        engine_lost = engine_lost or (sb is not None and sb.engine_lost)
+        if run["status"] in ("error", "failed") and (engine_lost or not sandbox.engine_info()["ok"]):
             run["infra"] = True
-            run["reason"] += " (the Docker engine is not answering)"
+            run["reason"] += (" (the Docker engine was not answering)" if engine_lost
+                              else " (the Docker engine is not answering)")
         # Removing the container waits until it is gone; record the run meanwhile.
         cleanup = threading.Thread(target=_clean_up, args=(repo, sb, ws, run_id))
         cleanup.start()

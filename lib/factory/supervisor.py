@@ -245,8 +245,8 @@ class Supervisor:
         quota = self.cfg["slots"]["worker"]
         if quota and self.running("worker") >= quota:
             return  # (a quota of 0 goes on, to be reported as work that can never run)
+        from . import sandbox
         if self.engine_down:
-            from . import sandbox
             if not sandbox.engine_info()["ok"]:
                 return  # no point starting agents that cannot get a container; look again soon
             self.engine_down = False
@@ -256,6 +256,11 @@ class Supervisor:
         ready = self.ready("worker")
         self.work_waiting = bool(ready)
         if not ready or not self.may_start("worker"):
+            return
+        if not sandbox.engine_info()["ok"]:
+            # Before a run's spawn has exited, and so before it tells us the engine cut it,
+            # it has put its issue back: do not hand that to a spawn that cannot run it.
+            self.engine_is_down()
             return
         proc = subprocess.Popen([self.tool("factory-issue"), "next", "--claim", "--kind", "worker", "--by", self.actor],
                                 cwd=self.repo.cwd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
@@ -356,9 +361,10 @@ class Supervisor:
             self.unexplained = 0
             self.say(f"worker on {issue_id} ended: {run.get('status')}"
                      + (f" ({run['reason'][:80]})" if run.get("reason") and run.get("status") != "ok" else ""))
-            if run.get("infra") and not self.engine_down:
-                self.engine_down = True
-                self.say("the Docker engine is not answering; waiting for it before starting more agents")
+            if run.get("infra"):
+                # Its issue is open again: not idle (--until-idle) until that has run.
+                self.work_waiting = True
+                self.engine_is_down()
             if run.get("landed") is not None:
                 return  # factory-spawn settled the issue under its claim (review, or re-queued)
             why = "its run did not settle it"
@@ -392,6 +398,11 @@ class Supervisor:
         ours_on_it = any(x.issue and x.issue["id"] == issue_id for x in self.agents)
         if current["state"] == "claimed" and current.get("claimed_by") == self.actor and not ours_on_it:
             self.store.update(issue_id, {"state": "open", "claimed_by": None}, self.actor)
+
+    def engine_is_down(self) -> None:
+        if not self.engine_down:
+            self.engine_down = True
+            self.say("the Docker engine is not answering; waiting for it before starting more agents")
 
     # -- output ----------------------------------------------------------------------
 
