@@ -440,7 +440,8 @@ def comment_cmd(issue_id, message, by, pretty):
     if message is None:
         if not stdin_is_data():
             raise BadInput(TOOL, "no comment: give -m TEXT or pipe the text in")
-        message = sys.stdin.read()
+        from .cli import read_text
+        message = read_text(TOOL, sys.stdin, max_bytes=contracts.MAX_COMMENT_BYTES, what="the comment on stdin")
     text = contracts.validate_comment(message)
     _print_issues([_store().comment(issue_id, text, _actor(by))], pretty)
 

@@ -73,6 +73,7 @@ def cli(task_file, pretty, quiet):
     from .issues import NoSuchIssue
     repo = open_repo(TOOL)
     cfg = load_config(TOOL, repo)
+    _check_runnable(task, repo)
 
     from .spawn import (EXIT_NOT_RUN, STATUS_EXIT, Log, ModelWarmup, NotRun, interrupt_on_signals, model_name_for,
                         run_task)
@@ -93,6 +94,34 @@ def cli(task_file, pretty, quiet):
     return STATUS_EXIT.get(run["status"], 5)
 
 
+def _check_runnable(task, repo):
+    """What the task names exists and is well formed, checked before anything is claimed,
+    created or recorded: a task that cannot run as given is bad input (exit 2), not a run."""
+    from .spawn import default_ref
+    env_model = os.environ.get("FACTORY_MODEL")
+    if env_model and "model" not in task:
+        try:
+            contracts.check_model_name("FACTORY_MODEL", env_model)
+        except contracts.ContractError as e:
+            raise BadInput(TOOL, f"{e}; nothing was done")
+    if "ref" in task:
+        field, ref = "ref", task["ref"]
+    elif task["kind"] != "worker" and task.get("issue", {}).get("target"):  # a worker's issue is re-read
+        field, ref = "issue.target", task["issue"]["target"]
+    else:
+        field, ref = "the default ref (HEAD)", default_ref(repo)
+    if task["kind"] == "worker":
+        from .issues import DamagedIssue, IssueStore, NoSuchIssue
+        try:
+            IssueStore(repo).get(task["issue"]["id"])
+        except (NoSuchIssue, DamagedIssue) as e:
+            raise BadInput(TOOL, f"task: issue: {e}; nothing was done")
+    if not isinstance(ref, str) or repo.resolve(ref) is None:
+        raise BadInput(TOOL, f"task: {field}: {contracts.quote(ref)} is not a commit in this repository "
+                             "(give a branch, tag or commit that exists: git rev-parse --verify REF); "
+                             "nothing was done")
+
+
 def _read_task(task_file):
     if task_file is None:
         if not stdin_is_data():
@@ -102,11 +131,13 @@ def _read_task(task_file):
         data = task_file.read(contracts.MAX_LINE_BYTES + 1)
     if len(data) > contracts.MAX_LINE_BYTES:
         raise BadInput(TOOL, f"the task is over {contracts.MAX_LINE_BYTES} bytes; nothing was done")
-    text = data.decode("utf-8", errors="replace").strip()
-    if not text:
+    from .cli import JSONInputError, decode_json
+    if not data.strip():
         raise BadInput(TOOL, "the task is empty; nothing was done (try: factory-issue next | factory-spawn)")
     try:
-        return json.loads(text)  # one JSON document, on one line or pretty-printed
+        return decode_json(data.strip())  # one JSON document, on one line or pretty-printed
+    except JSONInputError as e:
+        raise BadInput(TOOL, f"the task is {e}; nothing was done")
     except json.JSONDecodeError as e:
         if e.msg == "Extra data":
             raise BadInput(TOOL, "more than one task given; factory-spawn runs one agent "
