@@ -328,8 +328,9 @@ def validate_task(obj) -> dict:
         # The id names the workspace, the container's labels and the run record: a full
         # id or nothing (a sensor may run without an issue).
         if not isinstance(issue, dict) or not isinstance(issue.get("id"), str) or not ID_RE.match(issue["id"]):
-            raise ContractError("issue", f"{'a worker' if task['kind'] == 'worker' else 'an'} task's issue needs "
-                                         "a full id (12 hex digits; pipe in: factory-issue next)")
+            raise ContractError("issue", ("a worker's task needs an issue" if task["kind"] == "worker" else
+                                          f"a {task['kind']}'s issue, when given, needs to be an object")
+                                + " with a full id (12 hex digits; pipe in: factory-issue next)")
         task["issue"] = issue
     for key in ("ref", "target"):
         if key in obj:
