@@ -144,8 +144,8 @@ def quiet_option(f):
 def repo_option(f):
     @click.option("-C", "--repo", "repo_path", metavar="DIR", envvar="FACTORY_REPO",
                   type=click.Path(exists=True, file_okay=False),
-                  help="The git repository to act on (default: the one around the current "
-                       "directory; env FACTORY_REPO).")
+                  help="The git repository to act on, an existing directory (default: the one "
+                       "around the current directory; env FACTORY_REPO).")
     @functools.wraps(f)
     def wrapper(*args, repo_path=None, **kwargs):
         if repo_path:

@@ -119,8 +119,9 @@ def cli():
 
 @cli.command("file", context_settings=CONTEXT_SETTINGS, epilog=f"""
 \b
-Input: one JSON object per line. Fields: title (required, one line, at most
-{contracts.MAX_TITLE_CHARS} characters), body (at most {contracts.MAX_BODY_BYTES // 1024} KiB), labels (list), priority
+Input: one JSON object per line, UTF-8, nested at most {contracts.MAX_JSON_DEPTH} deep. Fields: title
+(required, one line, at most {contracts.MAX_TITLE_CHARS} characters, no control characters), body (at most
+{contracts.MAX_BODY_BYTES // 1024} KiB; tab, newline and carriage return are its only control characters), labels (list), priority
 (0 most urgent .. 4, default 2), fingerprint, source (human, sensor:NAME, adversary:NAME,
 peer:NAME), trust (trusted, untrusted; default trusted, but untrusted for peer:NAME),
 kind (worker, sensor, adversary; who takes it), depends_on (list of issue ids). Fields
@@ -128,6 +129,13 @@ the store sets (id, state, ...) are ignored, so `factory-issue show X | factory-
 file` copies an issue. An issue from peer:NAME may be trusted only if factory.yaml's
 peers.NAME.trust is trusted: trust comes from the config, not from the issue.
 Output: one issue per input line, in order.
+
+\b
+--dedupe is atomic: an active issue (open, claimed, review) holds its fingerprint as the
+ref refs/factory/fingerprints/<sha256 of it>, created in the same transaction that files
+the issue and deleted in the one that ends its activity, so of many concurrent filers of
+one fingerprint exactly one files. Issues without such a ref (filed by an older factory)
+are still found in the listing.
 
 {EXIT_CODES_HELP}
 
@@ -140,7 +148,8 @@ Examples:
 @click.argument("files", nargs=-1, type=click.File("rb"))
 @click.option("--dedupe", is_flag=True,
               help="Do not file an issue whose fingerprint matches an open, claimed or in-review "
-                   "issue (or an earlier line); print that issue instead.")
+                   "issue (or an earlier line); print that issue instead. Atomic: concurrent "
+                   "filers of one fingerprint file it once.")
 @click.option("--by", metavar="ACTOR", help="Who files (default: env FACTORY_ACTOR, else human:$USER).")
 @repo_option
 @pretty_option
@@ -360,6 +369,8 @@ def claim_cmd(ids, by, pretty):
 With an ID, the options say what changes. Without one, reads patches as JSON lines:
 {{"id": ..., FIELD: VALUE, ...}} where FIELD is one of {", ".join(contracts.PATCH_FIELDS)},
 or add_labels / remove_labels / add_runs (lists). All patches are checked before any is written.
+A branch must be a git branch name (git check-ref-format --branch: no '..', spaces,
+control characters, ~ ^ : ? * [ \\, no part starting with '.' or ending in '.lock').
 Output: each issue as it stands after the change.
 
 {EXIT_CODES_HELP}

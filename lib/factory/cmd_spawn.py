@@ -36,16 +36,21 @@ budgets.attempts). Container and workspace are removed whatever happens.
 
 \b
 Output: one run JSON: run, kind, issue, status, reason, branch, commit, base, findings,
-turns, usage (with cache reads and writes), cost_usd, started, ended, record, timings.
+turns, usage (with cache reads and writes), model_retries, cost_usd, infra (the factory's
+trouble, not the issue's: not counted as an attempt), started, ended, record, timings.
 
 \b
 Exit codes:
   0  ok: the agent finished (a worker: its work is on the branch)
   1  failed: the agent finished without work, the container died, or the model refused
-  2  usage or bad input; nothing was done
+  2  usage or bad input; nothing was claimed, started or recorded: a task that is not
+     JSON (UTF-8, nested at most 64 deep), a malformed issue id or model name, a ref
+     that is not a commit here, an issue that does not exist, a bad factory.yaml
   3  timeout: the wall time budget ran out
   4  budget: the turn, token or cost budget ran out
-  5  error: the model could not be reached after retries, or Docker/git failed
+  5  error: the model could not be reached after retries, or Docker/git failed; a key
+     the API refuses (check ANTHROPIC_API_KEY) is such an error, with infra: true, and
+     not counted against the issue
   6  stuck: the agent repeated the same calls without progress
   7  not run: the issue could not be claimed (someone else has it); nothing was done
 

@@ -288,8 +288,9 @@ slots:
   adversary: 1     # attack what workers built, file failures with a reproduction
 
 # Limits for each agent's container, per kind. An agent waits for a slot until its
-# request fits the machine. Sizes: 512m, 2g, ... /workspace (the agent's checkout) and
-# /tmp live in memory: what an agent writes there counts against `memory`.
+# request fits the machine. Sizes: 512m, 2g, ... (a bare number is bytes); memory is at
+# least 64m, tmp and disk at least 1m. /workspace (the agent's checkout) and /tmp live
+# in memory: what an agent writes there counts against `memory`.
 resources:
   worker:
     cpus: 1.0
@@ -312,7 +313,7 @@ resources:
 
 # What leaves an agent's container: its branch, as a git bundle.
 harvest:
-  max_bytes: 64m   # a larger bundle is refused, and the run fails saying so
+  max_bytes: 64m   # a larger bundle is refused, and the run fails saying so (at least 1k)
   exclude: ["__pycache__/", "*.py[cod]", ".pytest_cache/", ".mypy_cache/", ".ruff_cache/",
             ".hypothesis/", ".coverage", ".tox/", ".nox/", "node_modules/", ".DS_Store"]
 
@@ -321,7 +322,8 @@ image:
   name: factory-agent
   base: debian:bookworm-slim    # used where a registry answers
   packages: [bash, git, ca-certificates, python3]   # Debian packages to add
-  dockerfile: null              # a Dockerfile in this repository to use instead
+  dockerfile: null              # a Dockerfile in this repository to use instead (a path
+                                # relative to its top, no '..')
   build: auto                   # auto: registry, else offline (debootstrap); or registry, offline
 
 # The OCI runtime agents' containers run under, as the Docker engine names it.
@@ -332,7 +334,7 @@ image:
 sandbox:
   runtime: runc
 
-# The model behind every agent (env FACTORY_MODEL overrides name).
+# The model behind every agent (env FACTORY_MODEL overrides name; letters, digits, . _ : @ / -).
 model:
   name: claude-sonnet-4-5
   max_tokens: 8192              # per model answer
