@@ -81,6 +81,17 @@ def too_deep(obj, limit: int) -> bool:
     return False
 
 
+def _not_a_number(name):
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite(text):
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise ValueError(f"{text[:20]} is too large a number")
+    return value
+
+
 def decode_json(raw: bytes):
     """One JSON value from bytes: strict UTF-8, nesting at most contracts.MAX_JSON_DEPTH.
     Raises JSONInputError (never UnicodeDecodeError or RecursionError); json's own
@@ -91,10 +102,14 @@ def decode_json(raw: bytes):
     except UnicodeDecodeError as e:
         raise JSONInputError(f"not UTF-8 (byte {e.start + 1} is {raw[e.start:e.start + 1]!r})") from None
     try:
-        obj = json.loads(text)
+        obj = json.loads(text, parse_constant=_not_a_number, parse_float=_finite)
     except RecursionError:
         obj = None
         deep = True
+    except json.JSONDecodeError:
+        raise
+    except ValueError as e:  # an integer of more digits than Python converts, NaN, 1e999
+        raise JSONInputError(f"not JSON that can be used ({e})") from None
     else:
         deep = too_deep(obj, MAX_JSON_DEPTH)
     if deep:
