@@ -142,6 +142,9 @@ def test_a_store_without_fingerprint_refs_still_dedupes(git_repo):
     [(old, _)] = store.file([draft("old", "fp:old")], "human:t")
     subprocess.run(["git", "-C", str(git_repo), "update-ref", "-d", ref_for("fp:old")], check=True)
     assert store.file([draft("dup", "fp:old")], "human:t", dedupe=True)[0] == (old, False)
+    assert fp_refs(git_repo) == [ref_for("fp:old")], "found in the listing, it took its ref"
+    store.close(old["id"], "human:t")
+    assert fp_refs(git_repo) == []
 
     [(gone, _)] = store.file([draft("gone", "fp:gone")], "human:t")
     stale = subprocess.run(["git", "-C", str(git_repo), "rev-parse", ref_for("fp:gone")], capture_output=True,

@@ -135,7 +135,7 @@ Output: one issue per input line, in order.
 ref refs/factory/fingerprints/<sha256 of it>, created in the same transaction that files
 the issue and deleted in the one that ends its activity, so of many concurrent filers of
 one fingerprint exactly one files. Issues without such a ref (filed by an older factory)
-are still found in the listing.
+are still found in the listing, and then get their ref.
 
 {EXIT_CODES_HELP}
 

@@ -189,6 +189,7 @@ class IssueStore:
         self.warn = warn          # where damage found while reading is reported
         self._warned: set[str] = set()
         self.damaged: set[str] = set()  # refs the last all() skipped
+        self.tips: dict[str, str] = {}  # issue id -> commit, as the last all() read them
 
     def _report(self, ref: str, message: str) -> None:
         self.damaged.add(ref)
@@ -206,6 +207,7 @@ class IssueStore:
         (once) and left out, so one bad ref cannot stop list, next or the supervisor."""
         good = []
         self.damaged = set()
+        self.tips = {}
         for oid, kind, ref in self.repo.typed_refs(ISSUES_PREFIX):
             issue_id = ref[len(ISSUES_PREFIX):]
             if not contracts.ID_RE.match(issue_id):
@@ -214,6 +216,7 @@ class IssueStore:
                 self._report(ref, damage_message(ref, f"points at a {kind}, not a commit"))
             else:
                 good.append((ref, issue_id, oid))
+                self.tips[issue_id] = oid
         objs = self.repo.cat_batch([f"{oid}:{ISSUE_FILE}" for _, _, oid in good])
         issues = []
         for (ref, issue_id, _), obj in zip(good, objs):
@@ -272,18 +275,20 @@ class IssueStore:
         def attempt():
             fps = [d["fingerprint"] for d in drafts if d["fingerprint"]]
             holders = self._fingerprint_holders(fps)
-            existing = {}
+            existing, adopted = {}, []
             if dedupe and fps:
                 for fp, h in holders.items():
                     if h.live(fp):
                         existing[fp] = h.issue
                 if any(fp not in existing for fp in fps):
                     # The second net: an active issue whose fingerprint has no ref (filed
-                    # before fingerprint refs existed, or brought by a pull that could not
-                    # take the ref) is still found in the listing.
+                    # before fingerprint refs existed, or whose ref went missing) is still
+                    # found in the listing, and takes its ref now.
                     for i in self.all():
-                        if _active_fingerprint(i) in fps:
-                            existing.setdefault(i["fingerprint"], i)
+                        fp = _active_fingerprint(i)
+                        if fp in fps and fp not in existing:
+                            existing[fp] = i
+                            adopted.append((i["id"], None, fp, self.tips[i["id"]]))
             results, commits, new_issues = [], [], []
             for d in drafts:
                 d = hidden.flag_draft(d, contracts.MAX_LABELS)  # text a person cannot see gets a label they can
@@ -298,8 +303,8 @@ class IssueStore:
                 if dedupe and d["fingerprint"]:
                     existing[d["fingerprint"]] = issue
             oids = self.repo.write_commits(commits)
-            moves = _fingerprint_moves([(i["id"], None, _active_fingerprint(i), oid)
-                                        for i, oid in zip(new_issues, oids)], holders)
+            moves = _fingerprint_moves(adopted + [(i["id"], None, _active_fingerprint(i), oid)
+                                                  for i, oid in zip(new_issues, oids)], holders)
             self.repo.update_refs([(ISSUES_PREFIX + i["id"], oid, None) for i, oid in zip(new_issues, oids)]
                                   + moves)
             return results
