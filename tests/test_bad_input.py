@@ -157,6 +157,7 @@ SPAWN_CASES = [
      {"factory.yaml": "image:\n  dockerfile: ../../../etc/passwd\n"}),
     (task(), "image.dockerfile: '/etc/passwd' is absolute", {}, {"factory.yaml": "image:\n  dockerfile: /etc/passwd\n"}),
     (task(), "symlink to a file outside the repository", {}, {"factory.yaml": "->/etc/passwd"}),
+    (task(), "nested too deeply to be a config", {}, {"factory.yaml": "[" * 100_000}),
     (task(), "ANTHROPIC_API_KEY is not set", {"ANTHROPIC_API_KEY": ""}, {}),
 ]
 

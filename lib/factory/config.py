@@ -446,6 +446,8 @@ def parse(text: str, name: str = CONFIG_NAME) -> dict:
     import yaml
     try:
         root = yaml.compose(text)
+    except RecursionError:
+        raise ConfigError([f"{name}: nested too deeply to be a config"])
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f" line {mark.line + 1}" if mark else ""
@@ -453,7 +455,10 @@ def parse(text: str, name: str = CONFIG_NAME) -> dict:
     if root is None:
         return _merge(DEFAULTS, {})
     problems: list[str] = []
-    given = _check(root, SCHEMA, "", problems, name)
+    try:
+        given = _check(root, SCHEMA, "", problems, name)
+    except RecursionError:
+        raise ConfigError([f"{name}: nested too deeply to be a config"])
     if not problems:
         for kind in KINDS:
             if "slots" in given and given["slots"].get(kind, 0) > given["slots"].get("total", DEFAULTS["slots"]["total"]):

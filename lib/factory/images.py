@@ -94,7 +94,7 @@ def devcontainer_fields(repo: str) -> dict:
             spec = parse_jsonc(f.read())
     except FileNotFoundError:
         return {}
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, RecursionError) as e:
         raise ImageError(f"{DEVCONTAINER}: cannot read it ({e}); fix it or set image.dockerfile") from e
     if not isinstance(spec, dict):
         raise ImageError(f"{DEVCONTAINER}: must be a JSON object")
