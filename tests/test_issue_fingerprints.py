@@ -176,3 +176,17 @@ def test_pull_brings_fingerprint_refs_with_the_issues(tmp_path, tool_env):
     r = run_tool(["factory-issue", "pull", "--trusted", str(theirs)], cwd=ours, env=tool_env)
     assert r.returncode == 0, r.stderr
     assert fp_refs(ours) == []
+
+
+def test_a_fingerprint_given_back_and_taken_in_one_transaction_moves_once():
+    """One pull can close the issue holding a fingerprint and bring another with it: one
+    update of the ref, from the old holder to the new, whichever comes first."""
+    from factory.issues import _fingerprint_moves, _Holder
+    holder = _Holder("o" * 40, "a" * 12, {"id": "a" * 12, "state": "open", "fingerprint": "X"})
+    for changes in ([("a" * 12, "X", None, "1" * 40), ("b" * 12, None, "X", "2" * 40)],
+                    [("b" * 12, None, "X", "2" * 40), ("a" * 12, "X", None, "1" * 40)]):
+        assert _fingerprint_moves(changes, {"X": holder}) == [(ref_for("X"), "2" * 40, "o" * 40)]
+    # alone, the old holder gives it back; a newcomer beside a live holder takes nothing
+    assert _fingerprint_moves([("a" * 12, "X", None, "1" * 40)], {"X": holder}) == \
+        [(ref_for("X"), "0" * 40, "o" * 40)]
+    assert _fingerprint_moves([("b" * 12, None, "X", "2" * 40)], {"X": holder}) == []

@@ -566,26 +566,26 @@ class _Holder:
 def _fingerprint_moves(changes, holders: dict) -> list[tuple[str, str, str | None]]:
     """The fingerprint ref updates for [(issue id, fingerprint held before, fingerprint
     held after, the issue's new commit)], given the holders as read: give back a ref the
-    issue held, take one that is free or stale. Each expects the value read, so a
-    concurrent change makes the whole transaction fail and be retried."""
-    updates, taken = [], set()
+    issue held, take one that is free, stale, or given back in this same transaction
+    (one pull may close one issue and bring another with its fingerprint). Each expects
+    the value read, so a concurrent change makes the whole transaction fail and retry."""
+    moves: dict[str, tuple[str, str | None]] = {}  # fingerprint -> (new, expected old)
+    for issue_id, before, after, _ in changes:
+        h = holders.get(before) if before and before != after else None
+        if h is not None and h.owner == issue_id:
+            moves[before] = (ZERO, h.oid)
     for issue_id, before, after, commit in changes:
-        if before == after:
+        if not after or after == before:
             continue
-        if before:
-            h = holders.get(before)
-            if h is not None and h.owner == issue_id and before not in taken:
-                updates.append((fingerprint_ref(before), ZERO, h.oid))
-                taken.add(before)
-        if after and after not in taken:
-            h = holders.get(after)
-            if h is None:
-                updates.append((fingerprint_ref(after), commit, None))
-                taken.add(after)
-            elif h.owner != issue_id and not h.live(after):
-                updates.append((fingerprint_ref(after), commit, h.oid))
-                taken.add(after)
-    return updates
+        h = holders.get(after)
+        if after in moves:
+            if moves[after][0] == ZERO:  # given back just now: taken over instead
+                moves[after] = (commit, moves[after][1])
+        elif h is None:
+            moves[after] = (commit, None)
+        elif h.owner != issue_id and not h.live(after):
+            moves[after] = (commit, h.oid)
+    return [(fingerprint_ref(fp), new, old) for fp, (new, old) in moves.items()]
 
 
 class PullResult:
