@@ -208,7 +208,8 @@ inputs = st.one_of(
     st.lists(json_values, min_size=1, max_size=3).map(lambda vs: "".join(json.dumps(v) + "\n" for v in vs).encode()),
     st.binary(max_size=200),
 )
-SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+SETTINGS = settings(max_examples=60, deadline=None, database=None,  # leaves no .hypothesis/ behind
+                    suppress_health_check=list(HealthCheck))
 
 
 def invoke(cli, args, data, monkeypatch, repo, env=None):
