@@ -79,7 +79,7 @@ def test_a_harvest_over_max_bytes_is_refused_with_that_reason(repo, tmp_path, to
               text("done")]
     issue, code, run, api, err = run_script(repo, tmp_path, tool_env, script)
     assert code == 1 and run["status"] == "failed", run
-    assert "harvest.max_bytes" in run["reason"], run["reason"]
+    assert run["reason"].startswith("harvest refused: ") and "harvest.max_bytes" in run["reason"], run["reason"]
     assert git(repo, "rev-parse", "--verify", "-q", f"refs/heads/factory/{issue['id']}", check=False) == ""
 
 
@@ -134,7 +134,8 @@ def test_a_secret_in_the_agents_work_never_reaches_a_ref(repo, tmp_path, tool_en
     issue, code, run, api, err = run_script(repo, tmp_path, tool_env, script)
     assert "committed" in results(api)[0]
     assert code == 1 and run["status"] == "failed" and run["branch"] is None, run
-    assert "secret-shaped" in run["reason"] and "settings.py:1" in run["reason"], run["reason"]
+    assert run["reason"].startswith("harvest refused: ") and "secret-shaped" in run["reason"], run["reason"]
+    assert "settings.py:1" in run["reason"], run["reason"]
     assert key not in run["reason"] and token not in run["reason"]
     every_ref = git(repo, "log", "--all", "-p", "--format=%B")
     assert key not in every_ref and token not in every_ref

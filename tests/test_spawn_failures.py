@@ -62,7 +62,16 @@ def test_rate_limits_overload_and_a_dropped_connection_are_retried(repo, tmp_pat
 def test_persistent_overload_ends_as_error(repo, tmp_path, tool_env):
     issue, code, run, api = run_with(repo, tmp_path, tool_env, [error(529, retry_after=0)] * 10)
     assert code == 5 and run["status"] == "error" and "overloaded" in run["reason"]
+    assert run["model_retries"] == 6, "the retries of the request that failed in the end count too"
     assert_requeued(repo, tool_env, issue, run)
+
+
+def test_a_refused_api_key_is_the_factorys_trouble_not_the_issues(repo, tmp_path, tool_env):
+    issue, code, run, api = run_with(repo, tmp_path, tool_env, [error(401)] * 3)
+    assert code == 5 and run["status"] == "error" and run["infra"] is True
+    assert "ANTHROPIC_API_KEY" in run["reason"] and run["model_retries"] == 0
+    now = issue_of(repo, tool_env, issue["id"])
+    assert now["state"] == "open" and now["attempts"] == 0, "not counted as an attempt"
 
 
 def test_turn_budget(repo, tmp_path, tool_env):

@@ -66,7 +66,8 @@ class Outcome:
     cost_usd: float = 0.0
     findings: list = field(default_factory=list)
     transcript: list = field(default_factory=list)
-    model_retries: int = 0
+    model_retries: int = 0       # retries of model requests, the failed last request's included
+    infra: bool = False           # the factory's trouble, not the task's (the API key was refused)
     first_request_at: float | None = None   # time.monotonic() when the first request went out
     last_answer_at: float | None = None     # time.monotonic() of the last model answer
 
@@ -123,6 +124,8 @@ class Agent:
             except ModelError as e:
                 out.status = "timeout" if e.kind == "deadline" else "error"
                 out.reason = f"model: {e}"
+                out.model_retries += e.retries
+                out.infra = e.kind == "auth"  # the operator's key, not the issue: never an attempt
                 break
             out.last_answer_at = time.monotonic()
             out.turns += 1

@@ -65,6 +65,58 @@ def stdin_is_data() -> bool:
         return False
 
 
+class JSONInputError(ValueError):
+    """Input that is not the JSON a tool takes; the message says what and where."""
+
+
+def too_deep(obj, limit: int) -> bool:
+    """Whether obj nests containers deeper than limit (iterative: no recursion to exhaust)."""
+    stack = [(obj, 1)]
+    while stack:
+        o, depth = stack.pop()
+        if isinstance(o, (dict, list)):
+            if depth > limit:
+                return True
+            stack.extend((v, depth + 1) for v in (o.values() if isinstance(o, dict) else o))
+    return False
+
+
+def _not_a_number(name):
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite(text):
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise ValueError(f"{text[:20]} is too large a number")
+    return value
+
+
+def decode_json(raw: bytes):
+    """One JSON value from bytes: strict UTF-8, nesting at most contracts.MAX_JSON_DEPTH.
+    Raises JSONInputError (never UnicodeDecodeError or RecursionError); json's own
+    JSONDecodeError passes through for the caller to word."""
+    from .contracts import MAX_JSON_DEPTH
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise JSONInputError(f"not UTF-8 (byte {e.start + 1} is {raw[e.start:e.start + 1]!r})") from None
+    try:
+        obj = json.loads(text, parse_constant=_not_a_number, parse_float=_finite)
+    except RecursionError:
+        obj = None
+        deep = True
+    except json.JSONDecodeError:
+        raise
+    except ValueError as e:  # an integer of more digits than Python converts, NaN, 1e999
+        raise JSONInputError(f"not JSON that can be used ({e})") from None
+    else:
+        deep = too_deep(obj, MAX_JSON_DEPTH)
+    if deep:
+        raise JSONInputError(f"nested more than {MAX_JSON_DEPTH} levels deep")
+    return obj
+
+
 def read_json_lines(tool: str, stream, *, max_line_bytes: int, name: str = "stdin"):
     """Yield (line number, object) for each non-blank line; BadInput names the bad line."""
     binary = getattr(stream, "buffer", stream)
@@ -72,14 +124,28 @@ def read_json_lines(tool: str, stream, *, max_line_bytes: int, name: str = "stdi
         if len(raw) > max_line_bytes:
             raise BadInput(tool, f"{name} line {n}: longer than {max_line_bytes} bytes; "
                                  "nothing was written (shorten the record)")
-        text = raw.decode("utf-8", errors="replace").strip()
-        if not text:
+        if not raw.strip():
             continue
         try:
-            yield n, json.loads(text)
+            yield n, decode_json(raw.strip())
+        except JSONInputError as e:
+            raise BadInput(tool, f"{name} line {n}: {e}; nothing was written (give one JSON object per line)")
         except json.JSONDecodeError as e:
             raise BadInput(tool, f"{name} line {n}: not JSON ({e.msg} at column {e.colno}); "
                                  "nothing was written (give one JSON object per line)")
+
+
+def read_text(tool: str, stream, *, max_bytes: int, what: str) -> str:
+    """All of stream as strict UTF-8 text, at most max_bytes; BadInput otherwise."""
+    binary = getattr(stream, "buffer", stream)
+    raw = binary.read(max_bytes + 1)
+    if len(raw) > max_bytes:
+        raise BadInput(tool, f"{what}: over {max_bytes} bytes; nothing was written")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise BadInput(tool, f"{what}: line {line} is not UTF-8 (byte {e.start + 1}); nothing was written")
 
 
 def pretty_option(f):
@@ -92,8 +158,9 @@ def quiet_option(f):
 
 def repo_option(f):
     @click.option("-C", "--repo", "repo_path", metavar="DIR", envvar="FACTORY_REPO",
-                  help="The git repository to act on (default: the one around the current "
-                       "directory; env FACTORY_REPO).")
+                  type=click.Path(exists=True, file_okay=False),
+                  help="The git repository to act on, an existing directory (default: the one "
+                       "around the current directory; env FACTORY_REPO).")
     @functools.wraps(f)
     def wrapper(*args, repo_path=None, **kwargs):
         if repo_path:

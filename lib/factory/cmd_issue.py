@@ -132,8 +132,9 @@ def cli():
 
 @cli.command("file", context_settings=CONTEXT_SETTINGS, epilog=f"""
 \b
-Input: one JSON object per line. Fields: title (required, one line, at most
-{contracts.MAX_TITLE_CHARS} characters), body (at most {contracts.MAX_BODY_BYTES // 1024} KiB), labels (list), priority
+Input: one JSON object per line, UTF-8, nested at most {contracts.MAX_JSON_DEPTH} deep. Fields: title
+(required, one line, at most {contracts.MAX_TITLE_CHARS} characters, no control characters), body (at most
+{contracts.MAX_BODY_BYTES // 1024} KiB; tab, newline and carriage return are its only control characters), labels (list), priority
 (0 most urgent .. 4, default 2), fingerprint, source (human, sensor:NAME, adversary:NAME,
 peer:NAME), trust (trusted, untrusted; default trusted, but untrusted for peer:NAME),
 kind (worker, sensor, adversary; who takes it), depends_on (list of issue ids). Fields
@@ -141,6 +142,13 @@ the store sets (id, state, ...) are ignored, so `factory-issue show X | factory-
 file` copies an issue. An issue from peer:NAME may be trusted only if factory.yaml's
 peers.NAME.trust is trusted: trust comes from the config, not from the issue.
 Output: one issue per input line, in order.
+
+\b
+--dedupe is atomic: an active issue (open, claimed, review) holds its fingerprint as the
+ref refs/factory/fingerprints/<sha256 of it>, created in the same transaction that files
+the issue and deleted in the one that ends its activity, so of many concurrent filers of
+one fingerprint exactly one files. Issues without such a ref (filed by an older factory)
+are still found in the listing, and then get their ref.
 
 {EXIT_CODES_HELP}
 
@@ -153,7 +161,8 @@ Examples:
 @click.argument("files", nargs=-1, type=click.File("rb"))
 @click.option("--dedupe", is_flag=True,
               help="Do not file an issue whose fingerprint matches an open, claimed or in-review "
-                   "issue (or an earlier line); print that issue instead.")
+                   "issue (or an earlier line); print that issue instead. Atomic: concurrent "
+                   "filers of one fingerprint file it once.")
 @click.option("--by", metavar="ACTOR", help="Who files (default: env FACTORY_ACTOR, else human:$USER).")
 @repo_option
 @pretty_option
@@ -376,6 +385,8 @@ def claim_cmd(ids, by, pretty):
 With an ID, the options say what changes. Without one, reads patches as JSON lines:
 {{"id": ..., FIELD: VALUE, ...}} where FIELD is one of {", ".join(contracts.PATCH_FIELDS)},
 or add_labels / remove_labels / add_runs (lists). All patches are checked before any is written.
+A branch must be a git branch name (git check-ref-format --branch: no '..', spaces,
+control characters, ~ ^ : ? * [ \\, no part starting with '.' or ending in '.lock').
 Output: each issue as it stands after the change.
 
 {EXIT_CODES_HELP}
@@ -456,7 +467,8 @@ def comment_cmd(issue_id, message, by, pretty):
     if message is None:
         if not stdin_is_data():
             raise BadInput(TOOL, "no comment: give -m TEXT or pipe the text in")
-        message = sys.stdin.read()
+        from .cli import read_text
+        message = read_text(TOOL, sys.stdin, max_bytes=contracts.MAX_COMMENT_BYTES, what="the comment on stdin")
     text = contracts.validate_comment(message)
     _print_issues([_store().comment(issue_id, text, _actor(by))], pretty)
 

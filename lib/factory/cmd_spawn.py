@@ -36,17 +36,22 @@ budgets.attempts). Container and workspace are removed whatever happens.
 
 \b
 Output: one run JSON: run, kind, issue, status, reason, branch, commit, base, findings,
-turns, usage (with cache reads and writes), cost_usd, started, ended, record, timings.
+turns, usage (with cache reads and writes), model_retries, cost_usd, infra (the factory's
+trouble, not the issue's: not counted as an attempt), started, ended, record, timings.
 
 \b
 Exit codes: with a run JSON on stdout, the run's status (judge a run by its JSON: status,
 infra, landed); with none, nothing was run.
   0    ok: the agent finished (a worker: its work is on the branch)
   1    failed: the agent finished without work, the container died, or the model refused
-  2    usage or bad input: the task itself was refused; nothing was done
+  2    usage or bad input: the task itself was refused; nothing was claimed, started or
+       recorded: a task that is not JSON (UTF-8, nested at most 64 deep), a malformed
+       issue id or model name, a ref that is not a commit here, an issue that does not exist
   3    timeout: the wall time budget ran out
   4    budget: the turn, token or cost budget ran out
-  5    error: the model could not be reached after retries, or Docker/git failed
+  5    error: the model could not be reached after retries, or Docker/git failed; a key
+       the API refuses (check ANTHROPIC_API_KEY) is such an error, with infra: true, and
+       not counted against the issue
   6    stuck: the agent repeated the same calls without progress
   7    not run: the issue could not be claimed (someone else has it); nothing was done
   {SPAWN_CONFIG}   factory.yaml is invalid or ANTHROPIC_API_KEY is unset: the factory's trouble,
@@ -84,6 +89,7 @@ def cli(task_file, pretty, quiet):
         cfg = config.load(repo.work_tree() or repo.git_dir)
     except config.ConfigError as e:
         raise Failed(TOOL, f"{e}\n(fix factory.yaml; nothing was done)", code=SPAWN_CONFIG)
+    _check_runnable(task, repo)
 
     from .spawn import Log, ModelWarmup, NotRun, interrupt_on_signals, model_name_for, run_task
     # Everything that can refuse has been checked. The SDK import is the longest step
@@ -103,6 +109,35 @@ def cli(task_file, pretty, quiet):
     return SPAWN_STATUS.get(run["status"], SPAWN_STATUS["error"])
 
 
+def _check_runnable(task, repo):
+    """What the task names exists and is well formed, checked before anything is claimed,
+    created or recorded: a task that cannot run as given is bad input (exit 2), not a run."""
+    from .spawn import default_ref
+    from .env import get
+    env_model = get("FACTORY_MODEL")
+    if env_model and "model" not in task:
+        try:
+            contracts.check_model_name("FACTORY_MODEL", env_model)
+        except contracts.ContractError as e:
+            raise BadInput(TOOL, f"{e}; nothing was done")
+    if "ref" in task:
+        field, ref = "ref", task["ref"]
+    elif task["kind"] != "worker" and task.get("issue", {}).get("target"):  # a worker's issue is re-read
+        field, ref = "issue.target", task["issue"]["target"]
+    else:
+        field, ref = "the default ref (HEAD)", default_ref(repo)
+    if task["kind"] == "worker":
+        from .issues import DamagedIssue, IssueStore, NoSuchIssue
+        try:
+            IssueStore(repo).get(task["issue"]["id"])
+        except (NoSuchIssue, DamagedIssue) as e:
+            raise BadInput(TOOL, f"task: issue: {e}; nothing was done")
+    if not isinstance(ref, str) or repo.resolve(ref) is None:
+        raise BadInput(TOOL, f"task: {field}: {contracts.quote(ref)} is not a commit in this repository "
+                             "(give a branch, tag or commit that exists: git rev-parse --verify REF); "
+                             "nothing was done")
+
+
 def _read_task(task_file):
     if task_file is None:
         if not stdin_is_data():
@@ -112,11 +147,13 @@ def _read_task(task_file):
         data = task_file.read(contracts.MAX_LINE_BYTES + 1)
     if len(data) > contracts.MAX_LINE_BYTES:
         raise BadInput(TOOL, f"the task is over {contracts.MAX_LINE_BYTES} bytes; nothing was done")
-    text = data.decode("utf-8", errors="replace").strip()
-    if not text:
+    from .cli import JSONInputError, decode_json
+    if not data.strip():
         raise BadInput(TOOL, "the task is empty; nothing was done (try: factory-issue next | factory-spawn)")
     try:
-        return json.loads(text)  # one JSON document, on one line or pretty-printed
+        return decode_json(data.strip())  # one JSON document, on one line or pretty-printed
+    except JSONInputError as e:
+        raise BadInput(TOOL, f"the task is {e}; nothing was done")
     except json.JSONDecodeError as e:
         if e.msg == "Extra data":
             raise BadInput(TOOL, "more than one task given; factory-spawn runs one agent "

@@ -69,12 +69,36 @@ def parse_size(v) -> int | None:
 
 @dataclass
 class Size:
-    """A byte size such as 512m or 2g; kept as written, checked to parse."""
+    """A byte size such as 512m or 2g; kept as written, checked to parse and to be at least
+    `min` (a bare number is bytes: `memory: 1` would be one byte, which no agent runs in)."""
     default: str
+    min: str = "1m"
 
     def check(self, v):
-        if parse_size(v) is None:
+        n = parse_size(v)
+        if n is None:
             return None, f"{v!r} is not a size such as 512m or 2g"
+        if n < parse_size(self.min):
+            return None, f"is {v!r} ({n} bytes); it must be at least {self.min} (a bare number is bytes)"
+        return v, None
+
+
+@dataclass
+class RepoPath:
+    """A file's path relative to the repository's top: not absolute, no '..' out of it."""
+    default: str | None = None
+
+    def check(self, v):
+        if v is None:
+            return None, None
+        if not isinstance(v, str) or not v.strip():
+            return None, f"must be a path relative to the repository, or null, not {v!r}"
+        if re.search(r"[\x00-\x1f\x7f]", v):
+            return None, "holds a control character (newline, NUL, ...); remove it"
+        if os.path.isabs(v) or v.startswith("~"):
+            return None, f"{v!r} is absolute; give a path relative to the repository's top"
+        if ".." in os.path.normpath(v).split(os.sep):
+            return None, f"{v!r} reaches outside the repository ('..'); give a path inside it"
         return v, None
 
 
@@ -90,7 +114,7 @@ class Str:
             return None, None
         if not isinstance(v, str) or not v.strip():
             return None, f"must be a non-empty string{', or null' if self.nullable else ''}, not {v!r}"
-        if self.pattern and not re.match(self.pattern, v):
+        if self.pattern and not re.fullmatch(self.pattern, v):  # `$` would let a newline through
             return None, f"{v!r} {self.hint or 'is not valid'}"
         return v, None
 
@@ -178,6 +202,9 @@ NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 # Any name an engine may have registered in its daemon.json (runc, runsc, crun, ...); only
 # the engine knows which it has, so sandbox.py checks that when it creates a container.
 RUNTIME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
+MODEL_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@/-]{0,127}$"  # contracts.MODEL_RE
+MIN_MEMORY = "64m"   # below this an agent's container cannot start git, let alone work
+MIN_SCRATCH = "1m"   # /tmp and /workspace
 CRON_PATTERN = r"^(@(hourly|daily|weekly|monthly|yearly|reboot)|(\S+\s+){4}\S+)$"
 
 SCHEMA: dict[str, Any] = {
@@ -189,13 +216,13 @@ SCHEMA: dict[str, Any] = {
         "adversary": Int(1, min=0),
     },
     "resources": {
-        kind: {"cpus": Float(cpus), "memory": Size(mem), "pids": Int(512, min=16), "tmp": Size(tmp),
-               "disk": Size(disk)}
+        kind: {"cpus": Float(cpus), "memory": Size(mem, min=MIN_MEMORY), "pids": Int(512, min=16),
+               "tmp": Size(tmp, min=MIN_SCRATCH), "disk": Size(disk, min=MIN_SCRATCH)}
         for kind, cpus, mem, tmp, disk in (("worker", 1.0, "2g", "512m", "1g"), ("sensor", 0.5, "1g", "256m", "512m"),
                                            ("adversary", 1.0, "2g", "512m", "1g"))
     },
     "harvest": {
-        "max_bytes": Size("64m"),
+        "max_bytes": Size("64m", min="1k"),
         "exclude": StrList(list(DEFAULT_HARVEST_EXCLUDE)),
     },
     "image": {
@@ -203,7 +230,7 @@ SCHEMA: dict[str, Any] = {
                     hint="is not a docker image name such as factory-agent"),
         "base": Str("debian:bookworm-slim"),
         "packages": StrList(["bash", "git", "ca-certificates", "python3"]),
-        "dockerfile": Str(None, nullable=True),
+        "dockerfile": RepoPath(None),
         "build": Choice("auto", ("auto", "registry", "offline")),
     },
     "sandbox": {
@@ -211,7 +238,8 @@ SCHEMA: dict[str, Any] = {
                        hint="is not a runtime name such as runc or runsc (lowercase letters, digits, . _ -)"),
     },
     "model": {
-        "name": Str("claude-sonnet-4-5"),
+        "name": Str("claude-sonnet-4-5", pattern=MODEL_PATTERN,
+                    hint="is not a model name such as claude-sonnet-4-5 (letters, digits, . _ : @ / -)"),
         "max_tokens": Int(8192, min=1),
     },
     "budgets": {
@@ -260,8 +288,9 @@ slots:
   adversary: 1     # attack what workers built, file failures with a reproduction
 
 # Limits for each agent's container, per kind. An agent waits for a slot until its
-# request fits the machine. Sizes: 512m, 2g, ... /workspace (the agent's checkout) and
-# /tmp live in memory: what an agent writes there counts against `memory`.
+# request fits the machine. Sizes: 512m, 2g, ... (a bare number is bytes); memory is at
+# least 64m, tmp and disk at least 1m. /workspace (the agent's checkout) and /tmp live
+# in memory: what an agent writes there counts against `memory`.
 resources:
   worker:
     cpus: 1.0
@@ -284,7 +313,7 @@ resources:
 
 # What leaves an agent's container: its branch, as a git bundle.
 harvest:
-  max_bytes: 64m   # a larger bundle is refused, and the run fails saying so
+  max_bytes: 64m   # a larger bundle is refused, and the run fails saying so (at least 1k)
   exclude: ["__pycache__/", "*.py[cod]", ".pytest_cache/", ".mypy_cache/", ".ruff_cache/",
             ".hypothesis/", ".coverage", ".tox/", ".nox/", "node_modules/", ".DS_Store"]
 
@@ -293,7 +322,8 @@ image:
   name: factory-agent
   base: debian:bookworm-slim    # used where a registry answers
   packages: [bash, git, ca-certificates, python3]   # Debian packages to add
-  dockerfile: null              # a Dockerfile in this repository to use instead
+  dockerfile: null              # a Dockerfile in this repository to use instead (a path
+                                # relative to its top, no '..')
   build: auto                   # auto: registry, else offline (debootstrap); or registry, offline
 
 # The OCI runtime agents' containers run under, as the Docker engine names it.
@@ -304,7 +334,7 @@ image:
 sandbox:
   runtime: runc
 
-# The model behind every agent (env FACTORY_MODEL overrides name).
+# The model behind every agent (env FACTORY_MODEL overrides name; letters, digits, . _ : @ / -).
 model:
   name: claude-sonnet-4-5
   max_tokens: 8192              # per model answer
@@ -380,7 +410,7 @@ def _check(node, schema, path, problems, name):
         for knode, vnode in node.value:
             entry_name = str(knode.value)
             epath = f"{path}.{entry_name}"
-            if not re.match(NAME_PATTERN, entry_name):
+            if not re.fullmatch(NAME_PATTERN, entry_name):
                 problems.append(f"{name} line {knode.start_mark.line + 1}: {epath}: names use letters, digits, . _ -")
                 continue
             entry = _check(vnode, schema.entry, epath, problems, name)
@@ -416,6 +446,8 @@ def parse(text: str, name: str = CONFIG_NAME) -> dict:
     import yaml
     try:
         root = yaml.compose(text)
+    except RecursionError:
+        raise ConfigError([f"{name}: nested too deeply to be a config"])
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f" line {mark.line + 1}" if mark else ""
@@ -423,7 +455,10 @@ def parse(text: str, name: str = CONFIG_NAME) -> dict:
     if root is None:
         return _merge(DEFAULTS, {})
     problems: list[str] = []
-    given = _check(root, SCHEMA, "", problems, name)
+    try:
+        given = _check(root, SCHEMA, "", problems, name)
+    except RecursionError:
+        raise ConfigError([f"{name}: nested too deeply to be a config"])
     if not problems:
         for kind in KINDS:
             if "slots" in given and given["slots"].get(kind, 0) > given["slots"].get("total", DEFAULTS["slots"]["total"]):
@@ -439,11 +474,28 @@ def path_for(work_tree: str) -> str:
 
 
 def load(work_tree: str) -> dict:
-    """The repository's config, or the defaults where it has no factory.yaml."""
+    """The repository's config, or the defaults where it has no factory.yaml.
+
+    The repository's own factory.yaml must be a file inside it: one that is a symlink to
+    a file elsewhere is refused unread, so no error message can quote another file's
+    lines. FACTORY_CONFIG is the operator's own choice and may point anywhere."""
     path = path_for(work_tree)
+    if not os.environ.get("FACTORY_CONFIG") and os.path.islink(path):
+        top = os.path.realpath(work_tree)
+        real = os.path.realpath(path)
+        if os.path.commonpath([top, real]) != top:
+            raise ConfigError([f"{path}: is a symlink to a file outside the repository; refused unread "
+                               "(make factory.yaml a file in the repository, or set FACTORY_CONFIG)"])
     try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
+        with open(path, "rb") as f:
+            raw = f.read()
     except FileNotFoundError:
         return _merge(DEFAULTS, {})
+    except OSError as e:
+        raise ConfigError([f"{path}: cannot read it ({e.strerror})"])
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise ConfigError([f"{path} line {line}: not UTF-8; fix the file"])
     return parse(text, name=path)

@@ -26,11 +26,21 @@ MAX_COMMENT_BYTES = 64 * 1024
 MAX_LABELS = 32
 MAX_FINGERPRINT_CHARS = 256
 
-SOURCE_RE = re.compile(r"^(human|(sensor|adversary|peer):[A-Za-z0-9][A-Za-z0-9._-]{0,63})$")
-LABEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/+-]{0,63}$")
-ID_RE = re.compile(r"^[0-9a-f]{12}$")
-ID_PREFIX_RE = re.compile(r"^[0-9a-f]{1,12}$")
-RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+# Patterns end in \Z, not $: `$` also matches before a trailing newline.
+SOURCE_RE = re.compile(r"^(human|(sensor|adversary|peer):[A-Za-z0-9][A-Za-z0-9._-]{0,63})\Z")
+LABEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/+-]{0,63}\Z")
+ID_RE = re.compile(r"^[0-9a-f]{12}\Z")
+ID_PREFIX_RE = re.compile(r"^[0-9a-f]{1,12}\Z")
+RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}\Z")
+# A model name as the API, Bedrock or Vertex spell them: claude-sonnet-4-5-20250929,
+# anthropic.claude-3-5-sonnet-20241022-v2:0, claude-3-5-sonnet-v2@20241022.
+MODEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@/-]{0,127}\Z")
+MAX_JSON_DEPTH = 64  # nesting deeper than this is refused on input: no shape needs a tenth of it
+
+# Control characters: none in a one-line field; a body or comment may hold tab, newline and
+# carriage return, nothing else (a NUL or an escape sequence is never text a person wrote).
+CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+BODY_CONTROL_RE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 
 # Fields an issue carries that only the store sets. `factory-issue show X | factory-issue file`
 # copies an issue, so on input they are ignored rather than refused.
@@ -64,6 +74,8 @@ def now_iso() -> str:
 
 def _text(field: str, value, *, max_bytes: int | None = None, max_chars: int | None = None,
           single_line: bool = False, empty_ok: bool = True) -> str:
+    """A string field. single_line: no control character at all; otherwise tab, newline and
+    carriage return are the only ones allowed."""
     if not isinstance(value, str):
         raise ContractError(field, f"must be a string, not {type(value).__name__}")
     if not empty_ok and not value.strip():
@@ -74,6 +86,33 @@ def _text(field: str, value, *, max_bytes: int | None = None, max_chars: int | N
         raise ContractError(field, f"is {len(value.encode())} bytes; at most {max_bytes} are allowed")
     if single_line and ("\n" in value or "\r" in value):
         raise ContractError(field, "must be a single line")
+    bad = (CONTROL_RE if single_line else BODY_CONTROL_RE).search(value)
+    if bad:
+        raise ContractError(field, f"holds the control character {bad.group()!r} at character {bad.start() + 1}"
+                                   + ("" if single_line else " (only tab, newline and carriage return are allowed)")
+                                   + "; remove it")
+    return value
+
+
+def check_branch_name(field: str, value: str) -> str:
+    """`value` if git would take it as a branch name (git check-ref-format --branch's
+    rules, written out here so that no git process is needed to refuse one)."""
+    def bad(why):
+        raise ContractError(field, f"{quote(value)} is not a branch name: {why}")
+    if value.startswith("-"):
+        bad("it may not start with '-'")
+    if value == "@" or value == "HEAD":
+        bad(f"{value} is not a branch")
+    bad_char = re.search(r"[\x00-\x20\x7f~^:?*\[\\]", value)
+    if bad_char:
+        bad(f"it may not hold {bad_char.group()!r} (nor spaces, control characters, ~ ^ : ? * [ \\)")
+    if ".." in value or "@{" in value:
+        bad("it may not hold '..' or '@{'")
+    if value.startswith("/") or value.endswith("/") or "//" in value or value.endswith("."):
+        bad("it may not start or end with '/', hold '//' or end with '.'")
+    for part in value.split("/"):
+        if part.startswith(".") or part.endswith(".lock"):
+            bad("no part of it may start with '.' or end with '.lock'")
     return value
 
 
@@ -156,10 +195,7 @@ def _field(name: str, value):
         if value is None:
             return None
         value = _text(name, value, max_chars=255, single_line=True, empty_ok=False)
-        if value.startswith("-") or re.search(r"[\x00-\x1f\x7f]", value):
-            raise ContractError(name, f"{quote(value)} is not a branch name (it may not start with '-' "
-                                      "or hold control characters)")
-        return value
+        return check_branch_name(name, value)
     if name == "claimed_by":
         if value is None:
             return None
@@ -243,6 +279,14 @@ def _run_ids(field: str, value) -> list[str]:
     return value
 
 
+def check_model_name(field: str, value) -> str:
+    """A model name (MODEL_RE): it goes into every request and every record."""
+    if not isinstance(value, str) or not MODEL_RE.match(value):
+        raise ContractError(field, f"{quote(value)} is not a model name such as claude-sonnet-4-5 (letters, "
+                                   "digits and . _ : @ / -, at most 128, no spaces or control characters)")
+    return value
+
+
 def validate_comment(text) -> str:
     return _text("comment", text, max_bytes=MAX_COMMENT_BYTES, empty_ok=False)
 
@@ -299,21 +343,23 @@ def validate_task(obj) -> dict:
         raise ContractError(unknown[0], f"is not a field of a task (fields: {', '.join(TASK_FIELDS)})")
     task = {"kind": _choice("kind", obj.get("kind", "worker"), KINDS)}
     issue = obj.get("issue")
-    if task["kind"] == "worker":
+    if task["kind"] == "worker" or issue is not None:
+        # The id names the workspace, the container's labels and the run record: a full
+        # id or nothing (a sensor may run without an issue).
         if not isinstance(issue, dict) or not isinstance(issue.get("id"), str) or not ID_RE.match(issue["id"]):
-            raise ContractError("issue", "a worker's task needs an issue with a full id "
-                                         "(pipe in: factory-issue next)")
-    if issue is not None:
-        if not isinstance(issue, dict):
-            raise ContractError("issue", "must be an issue object")
+            raise ContractError("issue", ("a worker's task needs an issue" if task["kind"] == "worker" else
+                                          f"a {task['kind']}'s issue, when given, needs to be an object")
+                                + " with a full id (12 hex digits; pipe in: factory-issue next)")
         task["issue"] = issue
-    for key in ("ref", "target", "model"):
+    for key in ("ref", "target"):
         if key in obj:
             task[key] = _text(key, obj[key], max_chars=255, single_line=True, empty_ok=False)
-            if key != "model" and (task[key].startswith("-") or re.search(r"[\x00-\x1f\x7f]", task[key])):
+            if task[key].startswith("-"):
                 # a rev reaches git: one that starts with '-' would be read as an option
                 raise ContractError(key, f"{quote(task[key])} is not a rev (a branch, tag or commit; "
                                          "it may not start with '-' or hold control characters)")
+    if "model" in obj:
+        task["model"] = check_model_name("model", obj["model"])
     budgets = obj.get("budgets", {})
     if not isinstance(budgets, dict):
         raise ContractError("budgets", "must be an object such as {\"turns\": 20}")
@@ -327,5 +373,8 @@ def validate_task(obj) -> dict:
         if key in obj:
             if not isinstance(obj[key], dict):
                 raise ContractError(key, "must be an object such as {\"name\": ..., \"prompt\": ...}")
+            for k in ("name", "prompt"):
+                if obj[key].get(k) is not None:
+                    _text(f"{key}.{k}", obj[key][k], max_bytes=MAX_BODY_BYTES, single_line=k == "name")
             task[key] = obj[key]
     return task

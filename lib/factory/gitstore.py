@@ -110,6 +110,9 @@ class Repo:
 
     def __init__(self, path: str | os.PathLike | None = None):
         start = os.fspath(path or os.environ.get("FACTORY_REPO") or os.getcwd())  # env.VARIABLES
+        if not os.path.isdir(start):
+            raise NotARepository(f"not a git repository: '{start}' is not a directory (run inside one, "
+                                 "or set FACTORY_REPO or -C to one)")
         try:
             out = self.run("rev-parse", "--absolute-git-dir", "--path-format=absolute", "--git-common-dir",
                            cwd=start).decode().splitlines()

@@ -94,7 +94,7 @@ def devcontainer_fields(repo: str) -> dict:
             spec = parse_jsonc(f.read())
     except FileNotFoundError:
         return {}
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, RecursionError) as e:
         raise ImageError(f"{DEVCONTAINER}: cannot read it ({e}); fix it or set image.dockerfile") from e
     if not isinstance(spec, dict):
         raise ImageError(f"{DEVCONTAINER}: must be a JSON object")
@@ -143,6 +143,14 @@ def check_recipe(recipe: Recipe) -> None:
         raise ImageError(f"image.build: {recipe.build!r}; it must be auto, registry or offline")
     if recipe.dockerfile and not recipe.repo:
         raise ImageError("image.dockerfile is set but no repository was given to find it in")
+    if recipe.dockerfile:
+        # config.py refuses '..' and absolute paths; a symlink could still lead out.
+        top = os.path.realpath(recipe.repo)
+        for what, rel in (("image.dockerfile", recipe.dockerfile), ("the build context", recipe.context or ".")):
+            real = os.path.realpath(os.path.join(recipe.repo, rel))
+            if os.path.commonpath([top, real]) != top:
+                raise ImageError(f"{what}: {rel!r} leads outside the repository (a symlink?); "
+                                 "give a path inside it")
 
 
 def all_packages(recipe: Recipe) -> list[str]:

@@ -18,6 +18,7 @@ peerdata before `pull` moves any ref, and trust only ever comes from this reposi
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -26,10 +27,27 @@ from datetime import datetime, timedelta, timezone
 
 from . import contracts, hidden, peerdata
 from .contracts import ContractError, now_iso
-from .gitstore import NewCommit, RefConflict, Repo, check_remote, retry_cas
+from .gitstore import ZERO, NewCommit, RefConflict, Repo, check_remote, retry_cas
 
 ISSUES_PREFIX = "refs/factory/issues/"
 ISSUE_FILE = "issue.json"
+# One ref per fingerprint an active issue holds, named by the fingerprint's sha256 and
+# pointing at a commit of that issue: created (expected: absent) in the same transaction
+# that files the issue, deleted in the one that ends its activity. So `file --dedupe` is
+# a compare-and-swap, not a read then a write: of any number of concurrent filers of one
+# fingerprint, exactly one files.
+FINGERPRINTS_PREFIX = "refs/factory/fingerprints/"
+
+
+def fingerprint_ref(fingerprint: str) -> str:
+    return FINGERPRINTS_PREFIX + hashlib.sha256(fingerprint.encode()).hexdigest()
+
+
+def _active_fingerprint(issue: dict | None) -> str | None:
+    """The fingerprint an issue holds: its own, while it is open, claimed or in review."""
+    if issue and issue.get("fingerprint") and issue.get("state") in contracts.ACTIVE_STATES:
+        return issue["fingerprint"]
+    return None
 
 
 class IssueError(Exception):
@@ -174,6 +192,7 @@ class IssueStore:
         self.warn = warn          # where damage found while reading is reported
         self._warned: set[str] = set()
         self.damaged: set[str] = set()  # refs the last all() skipped
+        self.tips: dict[str, str] = {}  # issue id -> commit, as the last all() read them
 
     def _report(self, ref: str, message: str) -> None:
         self.damaged.add(ref)
@@ -191,6 +210,7 @@ class IssueStore:
         (once) and left out, so one bad ref cannot stop list, next or the supervisor."""
         good = []
         self.damaged = set()
+        self.tips = {}
         for oid, kind, ref in self.repo.typed_refs(ISSUES_PREFIX):
             issue_id = ref[len(ISSUES_PREFIX):]
             if not contracts.ID_RE.match(issue_id):
@@ -199,6 +219,7 @@ class IssueStore:
                 self._report(ref, damage_message(ref, f"points at a {kind}, not a commit"))
             else:
                 good.append((ref, issue_id, oid))
+                self.tips[issue_id] = oid
         objs = self.repo.cat_batch([f"{oid}:{ISSUE_FILE}" for _, _, oid in good])
         issues = []
         for (ref, issue_id, _), obj in zip(good, objs):
@@ -249,13 +270,28 @@ class IssueStore:
     def file(self, drafts: list[dict], actor: str, dedupe: bool = False) -> list[tuple[dict, bool]]:
         """File validated drafts in one transaction: all or none. Returns (issue, filed) per
         draft; with dedupe, a draft whose fingerprint matches an active issue (or an earlier
-        draft) is not filed and its match is returned with filed=False."""
+        draft) is not filed and its match is returned with filed=False.
+
+        Each new issue takes its fingerprint's ref in the same transaction (where no active
+        issue holds it), so two filers of one fingerprint cannot both file under --dedupe:
+        the second's transaction fails, it re-reads, and finds the first's issue."""
         def attempt():
-            existing = {}
-            if dedupe and any(d["fingerprint"] for d in drafts):
-                for i in self.all():
-                    if i["fingerprint"] and i["state"] in contracts.ACTIVE_STATES:
-                        existing.setdefault(i["fingerprint"], i)
+            fps = [d["fingerprint"] for d in drafts if d["fingerprint"]]
+            holders = self._fingerprint_holders(fps)
+            existing, adopted = {}, []
+            if dedupe and fps:
+                for fp, h in holders.items():
+                    if h.live(fp):
+                        existing[fp] = h.issue
+                if any(fp not in existing for fp in fps):
+                    # The second net: an active issue whose fingerprint has no ref (filed
+                    # before fingerprint refs existed, or whose ref went missing) is still
+                    # found in the listing, and takes its ref now.
+                    for i in self.all():
+                        fp = _active_fingerprint(i)
+                        if fp in fps and fp not in existing:
+                            existing[fp] = i
+                            adopted.append((i["id"], None, fp, self.tips[i["id"]]))
             results, commits, new_issues = [], [], []
             for d in drafts:
                 d = hidden.flag_draft(d, contracts.MAX_LABELS)  # text a person cannot see gets a label they can
@@ -270,9 +306,41 @@ class IssueStore:
                 if dedupe and d["fingerprint"]:
                     existing[d["fingerprint"]] = issue
             oids = self.repo.write_commits(commits)
-            self.repo.update_refs([(ISSUES_PREFIX + i["id"], oid, None) for i, oid in zip(new_issues, oids)])
+            moves = _fingerprint_moves(adopted + [(i["id"], None, _active_fingerprint(i), oid)
+                                                  for i, oid in zip(new_issues, oids)], holders)
+            self.repo.update_refs([(ISSUES_PREFIX + i["id"], oid, None) for i, oid in zip(new_issues, oids)]
+                                  + moves)
             return results
         return retry_cas(attempt)
+
+    def _fingerprint_holders(self, fingerprints) -> dict[str, "_Holder"]:
+        """Who holds each fingerprint's ref now: two git processes however many there are,
+        none when there are none."""
+        fps = list(dict.fromkeys(f for f in fingerprints if f))
+        if not fps:
+            return {}
+        refs = [fingerprint_ref(f) for f in fps]
+        got = self.repo.cat_batch([spec for r in refs for spec in (r, f"{r}:{ISSUE_FILE}")])
+        found = {}
+        for n, fp in enumerate(fps):
+            head, blob = got[2 * n], got[2 * n + 1]
+            if head is None:
+                continue
+            owner = None
+            if blob is not None and blob[1] == "blob":
+                try:
+                    owner = json.loads(blob[2]).get("id")
+                except (ValueError, RecursionError, AttributeError):
+                    owner = None
+            found[fp] = (head[0], owner if isinstance(owner, str) and contracts.ID_RE.match(owner) else None)
+        owners = sorted({o for _, o in found.values() if o})
+        current = {}
+        for owner, obj in zip(owners, self.repo.cat_batch([f"{ISSUES_PREFIX}{o}:{ISSUE_FILE}" for o in owners])):
+            try:
+                current[owner] = _parse_issue(ISSUES_PREFIX + owner, owner, obj)
+            except DamagedIssue:
+                pass  # a holder that cannot be read holds nothing
+        return {fp: _Holder(oid, owner, current.get(owner)) for fp, (oid, owner) in found.items()}
 
     # -- changing ------------------------------------------------------------------
 
@@ -285,6 +353,7 @@ class IssueStore:
 
         def attempt():
             issue, head = self.read(issue_id)
+            before = _active_fingerprint(issue)
             extra = also(issue) if also else []
             events = events_for(issue, issue["updated"])
             if not events:
@@ -298,6 +367,10 @@ class IssueStore:
                 parent = head if n == 0 else n - 1  # each event's parent is the one before
                 commits.append(NewCommit({ISSUE_FILE: _issue_blob(issue)}, _message(ev), parents=[parent]))
             oids = self.repo.write_commits(commits)
+            after = _active_fingerprint(issue)
+            if before != after:  # it left (or entered) the active states, or its fingerprint changed
+                extra = extra + _fingerprint_moves([(issue_id, before, after, oids[-1])],
+                                                   self._fingerprint_holders([before, after]))
             self.repo.update_refs([(ISSUES_PREFIX + issue_id, oids[-1], head)] + extra)
             return issue
         return retry_cas(attempt)
@@ -509,9 +582,55 @@ class IssueStore:
             plans.append((ref, tip, mine, issue, how))
         oids = self.repo.write_commits(commits)
         updates = [(ref, oids[new] if isinstance(new, int) else new, old) for ref, new, old, _, _ in plans]
+        # Fingerprints move with the issues: one that arrives active takes its ref where it
+        # is free, one that a pull ends gives its ref back.
+        before = {i: _active_fingerprint(o.issue) for i, o in ours.items() if isinstance(o, peerdata.History)}
+        changes = [(issue["id"], before.get(issue["id"]), _active_fingerprint(issue), new)
+                   for (_, new, _), (_, _, _, issue, _) in zip(updates, plans)]
+        changes = [c for c in changes if c[1] != c[2]]
+        if changes:
+            holders = self._fingerprint_holders([f for c in changes for f in c[1:3]])
+            updates += _fingerprint_moves(changes, holders)
         if updates:
             self.repo.update_refs(updates)
         return done + [(issue, how) for _, _, _, issue, how in plans], refused
+
+
+class _Holder:
+    """A fingerprint ref as it stands: its value, the issue it names, that issue now."""
+
+    def __init__(self, oid: str, owner: str | None, issue: dict | None):
+        self.oid, self.owner, self.issue = oid, owner, issue
+
+    def live(self, fingerprint: str) -> bool:
+        """Whether it still stands for an active issue with this fingerprint (else it is
+        stale: left by a change this store did not make, and free to take)."""
+        return self.issue is not None and _active_fingerprint(self.issue) == fingerprint
+
+
+def _fingerprint_moves(changes, holders: dict) -> list[tuple[str, str, str | None]]:
+    """The fingerprint ref updates for [(issue id, fingerprint held before, fingerprint
+    held after, the issue's new commit)], given the holders as read: give back a ref the
+    issue held, take one that is free, stale, or given back in this same transaction
+    (one pull may close one issue and bring another with its fingerprint). Each expects
+    the value read, so a concurrent change makes the whole transaction fail and retry."""
+    moves: dict[str, tuple[str, str | None]] = {}  # fingerprint -> (new, expected old)
+    for issue_id, before, after, _ in changes:
+        h = holders.get(before) if before and before != after else None
+        if h is not None and h.owner == issue_id:
+            moves[before] = (ZERO, h.oid)
+    for issue_id, before, after, commit in changes:
+        if not after or after == before:
+            continue
+        h = holders.get(after)
+        if after in moves:
+            if moves[after][0] == ZERO:  # given back just now: taken over instead
+                moves[after] = (commit, moves[after][1])
+        elif h is None:
+            moves[after] = (commit, None)
+        elif h.owner != issue_id and not h.live(after):
+            moves[after] = (commit, h.oid)
+    return [(fingerprint_ref(fp), new, old) for fp, (new, old) in moves.items()]
 
 
 class PullResult:

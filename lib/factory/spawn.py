@@ -184,6 +184,8 @@ def run_task(task: dict, repo: Repo, cfg: dict, *, log: Log, run_id: str | None 
         run.update(status=outcome.status, reason=outcome.reason, turns=outcome.turns,
                    usage=outcome.usage.to_dict(), cost_usd=round(outcome.cost_usd, 6),
                    model_retries=outcome.model_retries, findings=outcome.findings)
+        if outcome.infra:
+            run["infra"] = True
         if outcome.first_request_at:
             run["timings"]["first_request_s"] = round(outcome.first_request_at - t0, 3)
         if outcome.last_answer_at:
@@ -210,6 +212,7 @@ def run_task(task: dict, repo: Repo, cfg: dict, *, log: Log, run_id: str | None 
         from .model import ModelError
         if isinstance(e, ModelError):  # raised before the loop, e.g. while building the client
             run["status"], run["reason"] = "error", f"model: {e}"
+            run["infra"] = run["infra"] or e.kind == "auth"
         else:  # a bug: still a recorded run with its cause, never a lost one
             import traceback
             log("internal error:\n" + traceback.format_exc())
