@@ -14,6 +14,8 @@ import shutil
 import subprocess
 
 import pytest
+
+from factory.exits import SPAWN_CONFIG
 from click.testing import CliRunner
 from conftest import BIN
 
@@ -59,7 +61,7 @@ def run(repo, env, tool, args, stdin, extra_env=None):
                           capture_output=True, timeout=60)
 
 
-def assert_refused(repo, env, tool, args, stdin, fragment, extra_env=None, files=None):
+def assert_refused(repo, env, tool, args, stdin, fragment, extra_env=None, files=None, code=2):
     for name, content in (files or {}).items():
         path = repo / name
         if content.startswith("->"):
@@ -69,7 +71,7 @@ def assert_refused(repo, env, tool, args, stdin, fragment, extra_env=None, files
     before, boxes = refs(repo), containers(repo)
     p = run(repo, env, tool, args, stdin, extra_env)
     err = p.stderr.decode(errors="replace")
-    assert p.returncode == 2, (p.returncode, err)
+    assert p.returncode == code, (p.returncode, err)
     assert fragment in err, err
     assert "Traceback" not in err
     assert p.stdout == b"", "nothing on stdout"
@@ -166,7 +168,10 @@ SPAWN_CASES = [
                          ids=[f"spawn-{n}" for n in range(len(SPAWN_CASES))])
 def test_factory_spawn_refuses_before_anything_is_claimed_or_started(repo, tool_env, stdin, fragment, extra_env,
                                                                      files):
-    err = assert_refused(repo, tool_env, "factory-spawn", [], stdin, fragment, dict(SPAWN_ENV, **extra_env), files)
+    # factory.yaml and the API key are the factory's set-up, not the task's: EX_CONFIG
+    code = SPAWN_CONFIG if files or "ANTHROPIC_API_KEY" in extra_env else 2
+    err = assert_refused(repo, tool_env, "factory-spawn", [], stdin, fragment, dict(SPAWN_ENV, **extra_env), files,
+                         code=code)
     assert "root:" not in err, "a file outside the repository was quoted"
     assert not os.path.exists(repo / ".git" / "factory" / "runs") or not os.listdir(repo / ".git" / "factory" / "runs")
 
@@ -187,7 +192,7 @@ def test_a_config_symlink_inside_the_repository_is_read(repo, tool_env):
     (repo / "conf" / "factory.yaml").write_text(TOO_SMALL)
     (repo / "factory.yaml").symlink_to("conf/factory.yaml")
     assert_refused(repo, tool_env, "factory-spawn", [], task(), "resources.worker.memory",
-                   SPAWN_ENV)
+                   SPAWN_ENV, code=SPAWN_CONFIG)
 
 
 # -- random input ---------------------------------------------------------------------
