@@ -1,7 +1,8 @@
 """A Docker engine of a test's own, beside the machine's default one: its own socket, data
 root, exec root, pidfile, containerd (namespace and plugins namespace), cgroup parent and
-daemon.json, and no bridge, iptables or proxy, so it shares nothing with the default
-engine and can be configured differently (say, with another runtime registered).
+daemon.json, its own network namespace, and no bridge, iptables or proxy, so it shares
+nothing with the default engine and can be configured differently (say, with another
+runtime registered).
 
 `stop_daemon()` stops only dockerd (and so its containerd and containers), keeping its
 directories, data and images: `start()` then brings the same engine back, as a machine's
@@ -73,7 +74,10 @@ class PrivateEngine:
             # disk, and an unmount takes none. Root only; elsewhere the disk serves.
             subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={self.data_tmpfs},mode=0710",
                             f"{self.name}-data", f"{d}/data"], capture_output=True)
-        cmd = ["dockerd", "--config-file", self.config_path, "-H", self.host,
+        # A network namespace of its own: a dockerd started with --bridge=none deletes the
+        # machine's docker0 bridge at start, which would break the default engine's
+        # networking. Its containers have no network anyway, and the socket is a file.
+        cmd = ["unshare", "--net", "--", "dockerd", "--config-file", self.config_path, "-H", self.host,
                "--data-root", f"{d}/data", "--exec-root", f"{d}/exec", "--pidfile", f"{d}/docker.pid",
                "--containerd-namespace", self.name, "--containerd-plugins-namespace", f"{self.name}-p",
                "--cgroup-parent", f"/{self.name}", "--bridge=none", "--iptables=false", "--ip-masq=false",
