@@ -196,7 +196,9 @@ def test_a_claim_handed_over_and_then_killed_comes_back_once(repo, tmp_path, too
     with ScriptedModel([delay(60, text("never seen"))]) as api:
         env = spawn_env(tool_env, api, tmp_path / "runs")
         p = start_spawn(repo, env, handed)
-        while not api.requests:
+        deadline = time.monotonic() + 120
+        while not api.requests:  # the spawn holds the claim once it asks the model
+            assert p.poll() is None and time.monotonic() < deadline, p.stderr.read() if p.poll() is not None else ""
             time.sleep(0.1)
         held = issue_of(repo, tool_env, issue["id"])
         assert held["lease"]["owner"]["pid"] == p.pid and held["claim_token"] == handed["claim_token"]

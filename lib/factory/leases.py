@@ -43,7 +43,15 @@ def new(seconds: float, pid: int | None = None) -> dict:
 def dead(issue: dict, now: str | None = None) -> str | None:
     """Why the issue's claim is certainly dead, or None (alive, or not ours to judge)."""
     lease = issue.get("lease")
-    if issue.get("state") != "claimed" or not isinstance(lease, dict):
+    if issue.get("state") != "claimed":
+        return None
+    if not isinstance(lease, dict):
+        # A claim made before claims had leases: a supervisor's names its pid, on this
+        # host (one supervisor per repository, and the repository is here).
+        by = issue.get("claimed_by") or ""
+        pid = by.removeprefix("supervisor:")
+        if by.startswith("supervisor:") and pid.isdigit() and _since(int(pid)) is None:
+            return f"its holder (supervisor {pid}) is gone"
         return None
     now = now or datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     if isinstance(lease.get("until"), str) and lease["until"] < now:

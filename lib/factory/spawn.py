@@ -103,8 +103,7 @@ def default_ref(repo: Repo) -> str:
 
 
 def model_name_for(task: dict, cfg: dict | None) -> str:
-    from .env import get
-    return (task.get("model") or get("FACTORY_MODEL")
+    return (task.get("model") or env.get("FACTORY_MODEL")
             or (cfg or {}).get("model", {}).get("name") or "claude-sonnet-4-5")
 
 

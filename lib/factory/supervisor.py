@@ -153,19 +153,7 @@ class Supervisor:
         except sandbox.EngineUnavailable as e:
             self.say(f"warning: {e}")
         workspace.reap(self.repo)
-        self.store.requeue_dead_claims(self.actor)
-        alive = {o.get("issue") for o in workspace.live_owners(self.repo)}
-        requeued = []
-        for issue in self.store.all():
-            claimer = issue.get("claimed_by") or ""
-            if issue["state"] != "claimed" or not claimer.startswith("supervisor:"):
-                continue
-            if issue["id"] in alive or claimer == self.actor:
-                continue
-            self.store.update(issue["id"], {"state": "open", "claimed_by": None}, self.actor)
-            self.store.comment(issue["id"], "re-queued: the agent that held it is gone "
-                                            "(not counted as an attempt)", self.actor)
-            requeued.append(issue["id"])
+        requeued = self.store.requeue_dead_claims(self.actor)
         if requeued:
             self.say(f"re-queued {len(requeued)} issue(s) whose agent was gone: {', '.join(requeued)}")
         return requeued
