@@ -12,7 +12,7 @@ from .cli import CONTEXT_SETTINGS, Failed, emit, repo_option, run_main, say
 from .exits import CANNOT_RUN, NOT_FOUND, SLOT_BUSY, SLOT_CANNOT_FIT, SLOT_CONFIG, SLOT_USAGE
 
 TOOL = "factory-slot"
-from .registry import KINDS  # noqa: E402
+from .registry import SLOT_KINDS  # noqa: E402
 
 
 # factory-slot's own refusals never use 1 or 2: those are its command's (exits.py).
@@ -88,8 +88,8 @@ def cli(kind, command, no_wait, pretty, quiet):
         except SlotError as e:
             raise Failed(TOOL, str(e), code=SLOT_CONFIG)
         return 0
-    if kind not in KINDS:
-        raise _usage(f"'{kind}' is not a kind of slot (worker, sensor, adversary, or: status)")
+    if kind not in SLOT_KINDS:
+        raise _usage(f"'{kind}' is not a kind of slot ({', '.join(SLOT_KINDS)}, or: status)")
     command = list(command)
     if command and command[0] == "--":
         command = command[1:]

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 CONFIG_NAME = "factory.yaml"
-from .registry import KINDS
+from .registry import SLOT_KINDS
 
 
 class ConfigError(ValueError):
@@ -214,12 +214,20 @@ SCHEMA: dict[str, Any] = {
         "worker": Int(3, min=0),
         "sensor": Int(2, min=0),
         "adversary": Int(1, min=0),
+        "gate": Int(1, min=0),
+        "postmortem": Int(1, min=0),
     },
     "resources": {
         kind: {"cpus": Float(cpus), "memory": Size(mem, min=MIN_MEMORY), "pids": Int(512, min=16),
                "tmp": Size(tmp, min=MIN_SCRATCH), "disk": Size(disk, min=MIN_SCRATCH)}
         for kind, cpus, mem, tmp, disk in (("worker", 1.0, "2g", "512m", "1g"), ("sensor", 0.5, "1g", "256m", "512m"),
-                                           ("adversary", 1.0, "2g", "512m", "1g"))
+                                           ("adversary", 1.0, "2g", "512m", "1g"),
+                                           ("gate", 1.0, "2g", "512m", "1g"),
+                                           ("postmortem", 0.5, "1g", "256m", "512m"))
+    },
+    "gate": {
+        "checks": StrList([]),
+        "timeout_seconds": Int(1800, min=1),
     },
     "harvest": {
         "max_bytes": Size("64m", min="1k"),
@@ -286,6 +294,8 @@ slots:
   worker: 3        # take an issue, leave a branch
   sensor: 2        # compare intent with reality, file findings
   adversary: 1     # attack what workers built, file failures with a reproduction
+  gate: 1          # run a branch's checks on its merge result (factory-gate)
+  postmortem: 1    # turn a failed run or a refused branch into a lesson
 
 # Limits for each agent's container, per kind. An agent waits for a slot until its
 # request fits the machine. Sizes: 512m, 2g, ... (a bare number is bytes); memory is at
@@ -310,6 +320,27 @@ resources:
     pids: 512
     tmp: 512m
     disk: 1g
+  gate:
+    cpus: 1.0
+    memory: 2g
+    pids: 512
+    tmp: 512m
+    disk: 1g
+  postmortem:
+    cpus: 0.5
+    memory: 1g
+    pids: 512
+    tmp: 256m
+    disk: 512m
+
+# May a branch merge? factory-gate runs these commands, in a fresh container with no
+# network, at the top of the merge result (main plus the branch); each must exit 0.
+# Empty: the repository's test command is detected (see docs/gate.md). Then every
+# prohibition's `check:` runs, with FACTORY_BASE and FACTORY_HEAD set. The checks are
+# read from main's committed factory.yaml: a branch cannot change what judges it.
+gate:
+  checks: []                    # e.g. ["python3 -m pytest -q", "ruff check ."]
+  timeout_seconds: 1800         # for all checks of one verdict together
 
 # What leaves an agent's container: its branch, as a git bundle.
 harvest:
@@ -370,7 +401,9 @@ sensors: {}
 #     type: git                 # git or github
 peers: {}
 
-# What happens to a branch that passes the gate: manual (a person merges) or auto.
+# What happens to a branch that passes the gate. manual: it waits in review until a
+# person runs `factory merge ID`. auto: the merge queue lands it on main, one tested
+# tree at a time (a checked-out main moves only with its clean work tree).
 merge: manual
 """
 
@@ -460,7 +493,7 @@ def parse(text: str, name: str = CONFIG_NAME) -> dict:
     except RecursionError:
         raise ConfigError([f"{name}: nested too deeply to be a config"])
     if not problems:
-        for kind in KINDS:
+        for kind in SLOT_KINDS:
             if "slots" in given and given["slots"].get(kind, 0) > given["slots"].get("total", DEFAULTS["slots"]["total"]):
                 problems.append(f"{name}: slots.{kind}: is more than slots.total")
     if problems:

@@ -27,7 +27,9 @@ MAX_LABELS = 32
 MAX_FINGERPRINT_CHARS = 256
 
 # Patterns end in \Z, not $: `$` also matches before a trailing newline.
-SOURCE_RE = re.compile(r"^(human|(sensor|adversary|peer):[A-Za-z0-9][A-Za-z0-9._-]{0,63})\Z")
+SOURCE_RE = re.compile(r"^(human|(sensor|adversary|peer|postmortem):[A-Za-z0-9][A-Za-z0-9._-]{0,63})\Z")
+OID_RE = re.compile(r"^([0-9a-f]{40}|[0-9a-f]{64})\Z")
+VERDICTS = ("pass", "refuse")
 LABEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/+-]{0,63}\Z")
 ID_RE = re.compile(r"^[0-9a-f]{12}\Z")
 ID_PREFIX_RE = re.compile(r"^[0-9a-f]{1,12}\Z")
@@ -181,7 +183,8 @@ def _field(name: str, value):
         return _text(name, value, max_chars=MAX_FINGERPRINT_CHARS, single_line=True, empty_ok=False)
     if name == "source":
         if not isinstance(value, str) or not SOURCE_RE.match(value):
-            raise ContractError(name, f"{quote(value)} must be 'human', 'sensor:NAME', 'adversary:NAME' or 'peer:NAME'")
+            raise ContractError(name, f"{quote(value)} must be 'human', 'sensor:NAME', 'adversary:NAME', "
+                                       "'peer:NAME' or 'postmortem:NAME'")
         return value
     if name == "trust":
         return _choice(name, value, TRUST_LEVELS)
@@ -208,7 +211,56 @@ def _field(name: str, value):
         return _iso_time(name, value)
     if name == "lease":
         return _lease(value)
+    if name == "verdict":
+        return _issue_verdict(value)
+    if name == "approved":
+        return _approval(value)
     raise ContractError(name, "is not a field of an issue")
+
+
+def _oid(field: str, value, nullable: bool = False) -> str | None:
+    if value is None and nullable:
+        return None
+    if not isinstance(value, str) or not OID_RE.match(value):
+        raise ContractError(field, f"{quote(value)} is not a commit id (40 or 64 hex digits)")
+    return value
+
+
+# The gate's last verdict as an issue keeps it (factory-gate sets it): which head was
+# judged against which base, and where the whole verdict is recorded.
+ISSUE_VERDICT_KEYS = ("verdict", "head", "base", "fingerprint", "record", "at", "summary", "needs_approval")
+
+
+def _issue_verdict(value) -> dict | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict) or set(value) != set(ISSUE_VERDICT_KEYS):
+        raise ContractError("verdict", f"must be null or an object with {', '.join(ISSUE_VERDICT_KEYS)}")
+    _choice("verdict.verdict", value["verdict"], VERDICTS)
+    _oid("verdict.head", value["head"])
+    _oid("verdict.base", value["base"], nullable=True)
+    if value["fingerprint"] is not None:
+        _text("verdict.fingerprint", value["fingerprint"], max_chars=MAX_FINGERPRINT_CHARS, single_line=True)
+    if value["record"] is not None:
+        _text("verdict.record", value["record"], max_chars=255, single_line=True)
+    _iso_time("verdict.at", value["at"])
+    _text("verdict.summary", value["summary"], max_chars=1000)
+    if not isinstance(value["needs_approval"], bool):
+        raise ContractError("verdict.needs_approval", "must be true or false")
+    return dict(value)
+
+
+def _approval(value) -> dict | None:
+    """A person's `factory approve`: who, when, and the branch head approved (null: the
+    issue as such, before any work)."""
+    if value is None:
+        return None
+    if not isinstance(value, dict) or set(value) != {"by", "at", "head"}:
+        raise ContractError("approved", "must be null or an object with by, at and head")
+    _text("approved.by", value["by"], max_chars=128, single_line=True, empty_ok=False)
+    _iso_time("approved.at", value["at"])
+    _oid("approved.head", value["head"], nullable=True)
+    return dict(value)
 
 
 def _lease(value) -> dict | None:

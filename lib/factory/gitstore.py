@@ -300,6 +300,90 @@ class Repo:
                 heads[name] = oid
         return heads
 
+    # -- merges and commits without a work tree -----------------------------------
+
+    def merge_tree(self, base: str, head: str) -> tuple[str | None, list[str]]:
+        """What merging head into base gives, computed in the object store alone (`git
+        merge-tree --write-tree`; no checkout, no index): (tree, []) when it merges
+        cleanly, (None, conflicted paths) when it does not."""
+        check_arg(base, "rev")
+        check_arg(head, "rev")
+        p = subprocess.run(["git", "--git-dir", self.git_dir, "--no-replace-objects", "merge-tree",
+                            "--write-tree", "--name-only", "-z", "--no-messages", base, head],
+                           capture_output=True, env=dict(os.environ, LC_ALL="C"))
+        if p.returncode not in (0, 1):
+            raise GitError(f"git merge-tree failed: {p.stderr.decode(errors='replace').strip()}")
+        fields = p.stdout.split(b"\0")
+        tree = fields[0].decode().strip()
+        if p.returncode == 0:
+            return tree, []
+        return None, sorted({f.decode(errors="replace") for f in fields[1:] if f})
+
+    def commit_tree(self, tree: str, parents: list[str], message: str) -> str:
+        """A commit of `tree` with these parents (object ids), by factory's own identity."""
+        for oid in [tree, *parents]:
+            if not re.fullmatch(r"[0-9a-f]{40}|[0-9a-f]{64}", oid):
+                raise UnsafeArgument(f"commit_tree takes object ids, not {oid!r}")
+        ident = self._ident().decode()
+        name, _, email = ident.partition(" <")
+        env = {"GIT_AUTHOR_NAME": name, "GIT_AUTHOR_EMAIL": email.rstrip(">"),
+               "GIT_COMMITTER_NAME": name, "GIT_COMMITTER_EMAIL": email.rstrip(">")}
+        args = ["commit-tree", tree]
+        for parent in parents:
+            args += ["-p", parent]
+        return self.git(*args, input=message.encode(), env=env).decode().strip()
+
+    def commit_files(self, base: str, files: dict[str, bytes | None], message: str) -> str:
+        """A new commit on top of `base` whose tree is base's with `files` written (None
+        deletes a path): made with a temporary index, so no work tree is touched."""
+        base = self.resolve(base) or ""
+        if not base:
+            raise GitError("commit_files: the base is not a commit")
+        fd, index = tempfile.mkstemp(prefix="factory-index-", dir=self.git_dir)
+        os.close(fd)
+        os.unlink(index)  # read-tree writes it anew
+        env = {"GIT_INDEX_FILE": index}
+        try:
+            self.git("read-tree", base, env=env)
+            lines = []
+            for path, data in files.items():
+                check_arg(path, "path")
+                if path.startswith("/") or ".." in path.split("/"):
+                    raise UnsafeArgument(f"path {path!r} must be relative and stay inside the tree")
+                if data is None:
+                    lines.append(f"0 {ZERO}\t{path}")
+                else:
+                    oid = self.git("hash-object", "-w", "--stdin", input=data).decode().strip()
+                    lines.append(f"100644 {oid}\t{path}")
+            self.git("update-index", "--index-info", input=("\n".join(lines) + "\n").encode(), env=env)
+            tree = self.git("write-tree", env=env).decode().strip()
+        finally:
+            try:
+                os.unlink(index)
+            except FileNotFoundError:
+                pass
+        return self.commit_tree(tree, [base], message)
+
+    def tree_of(self, rev: str) -> str | None:
+        """The tree id of a commit, or None."""
+        check_arg(rev, "rev")
+        out = self.git("rev-parse", "--verify", "-q", "--end-of-options", rev + "^{tree}", check=False)
+        return out.decode().strip() or None
+
+    def changed_paths(self, base: str, head: str) -> list[str]:
+        """Paths that differ between two commits' trees (renames as a delete and an add)."""
+        check_arg(base, "rev")
+        check_arg(head, "rev")
+        out = self.git("--no-replace-objects", "diff-tree", "-r", "-z", "--name-only", "--no-renames",
+                       "--no-ext-diff", "--no-textconv", "--end-of-options", base, head, "--")
+        return [p.decode(errors="replace") for p in out.split(b"\0") if p]
+
+    def diffstat(self, base: str, head: str) -> str:
+        check_arg(base, "rev")
+        check_arg(head, "rev")
+        return self.git("--no-replace-objects", "diff-tree", "-r", "--stat", "--no-ext-diff", "--no-textconv",
+                        "--no-color", "--end-of-options", base, head, "--").decode(errors="replace")
+
     # -- other clones --------------------------------------------------------------
 
     def _remote_config(self) -> list[str]:

@@ -51,8 +51,9 @@ TYPE_KEYS = {"filed": ("fields",), "set": ("fields",), "labels": ("add", "remove
 OPTIONAL_KEYS = {"labels": ("add", "remove"), "claim": ("token", "lease")}
 # A `set` may change what `update` may, and `source` (written by this store when it
 # marks an issue that came from a peer).
-SET_FIELDS = contracts.PATCH_FIELDS + ("source", "lease")
-TRUST_FIELDS = ("trust", "source")
+# `verdict` (the gate's) and `approved` (a person's) are set by this store's own tools only.
+SET_FIELDS = contracts.PATCH_FIELDS + ("source", "lease", "verdict", "approved")
+TRUST_FIELDS = ("trust", "source", "verdict", "approved")
 
 
 class Rejected(Exception):

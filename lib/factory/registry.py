@@ -31,11 +31,18 @@ TOOLS = (
     Tool("factory-issue", "cmd_issue", "the git-native issue store"),
     Tool("factory-slot", "cmd_slot", "hold a slot of a kind while a command runs"),
     Tool("factory-spawn", "cmd_spawn", "one agent in one hardened container"),
+    Tool("factory-gate", "cmd_gate", "may this branch merge? a verdict on the merge result"),
+    Tool("factory-postmortem", "cmd_postmortem", "failures become postmortems and lessons"),
 )
 
 # The kinds of agent, in the order they are shown: workers take issues and leave
 # branches, sensors compare intent with reality, adversaries attack what workers built.
 KINDS = ("worker", "sensor", "adversary")
+
+# What holds a slot: the kinds of agent, plus the gate (a branch's checks in a container
+# of their own) and the postmortem (an agent that turns a failure into a lesson). Issues
+# are only ever of the agent KINDS.
+SLOT_KINDS = KINDS + ("gate", "postmortem")
 
 
 def tool(name: str) -> Tool:

@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass
 
 from . import env
 from .config import parse_size
-from .registry import KINDS
+from .registry import SLOT_KINDS
 
 
 @dataclass
@@ -107,7 +107,7 @@ class Slots:
     def __init__(self, root: str, cfg: dict):
         self.root = root
         self.cfg = cfg
-        self.quotas = {k: cfg["slots"][k] for k in KINDS}
+        self.quotas = {k: cfg["slots"][k] for k in SLOT_KINDS}
         self.total = cfg["slots"]["total"]
         self.requests = {k: (float(r["cpus"]), parse_size(r["memory"])) for k, r in cfg["resources"].items()}
         os.makedirs(root, exist_ok=True)

@@ -46,7 +46,7 @@ from . import env, exits
 from .gitstore import Repo
 from .issues import IssueStore
 
-from .registry import KINDS
+from .registry import SLOT_KINDS
 POLL_S = 2.0            # how often an idle supervisor looks for new issues
 STOP_GRACE_S = 600      # a graceful stop waits this long for running agents
 HOLD_S, HOLD_MAX_S = 1.0, 60.0  # after unexplained endings in a row: pause claims, doubling
@@ -396,7 +396,7 @@ class Supervisor:
 
     def counts(self) -> dict:
         leases = self._slots().leases()
-        return {k: sum(1 for lease in leases if lease.kind == k) for k in KINDS}
+        return {k: sum(1 for lease in leases if lease.kind == k) for k in SLOT_KINDS}
 
     def render(self) -> None:
         c = self.counts()
