@@ -378,6 +378,18 @@ class Repo:
                        "--no-ext-diff", "--no-textconv", "--end-of-options", base, head, "--")
         return [p.decode(errors="replace") for p in out.split(b"\0") if p]
 
+    def top_level(self, rev: str) -> list[str]:
+        """The names at the top of a commit's tree (files and directories)."""
+        return self.tracked_paths(rev, recursive=False)
+
+    def tracked_paths(self, rev: str, recursive: bool = True) -> list[str]:
+        """Every file path of a commit's tree (recursive), or the top level's names."""
+        check_arg(rev, "rev")
+        args = ["ls-tree", "-z", "--name-only"] + (["-r"] if recursive else [])
+        # (no "--" after the rev: with --end-of-options and no path, ls-tree would list nothing)
+        out = self.git(*args, "--end-of-options", rev, check=False)
+        return [p.decode(errors="replace") for p in out.split(b"\0") if p]
+
     def diffstat(self, base: str, head: str) -> str:
         check_arg(base, "rev")
         check_arg(head, "rev")

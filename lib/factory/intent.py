@@ -13,9 +13,12 @@ INTENT_DIR = "intent"
 SECTIONS = {
     "principles": "The constitution: what every agent strives toward. One principle per file,\n"
                   "a short title line (`# ...`), then why it matters and what it asks of an agent.\n",
-    "prohibitions": "The guardrails: what no agent may do. One per file. A prohibition may carry a\n"
-                    "line `check: COMMAND`; the gate runs COMMAND on every branch and refuses the\n"
-                    "branch when it exits non-zero.\n",
+    "prohibitions": "The guardrails: what no agent may do. One per file. A prohibition may carry\n"
+                    "YAML front matter with `check: COMMAND`; the gate runs COMMAND at the top of\n"
+                    "every branch's merge result (FACTORY_BASE and FACTORY_HEAD name the base and\n"
+                    "the branch's head) and refuses the branch when it exits non-zero:\n\n"
+                    "    ---\n    check: test -z \"$(git diff --name-only --diff-filter=D \"$FACTORY_BASE\" "
+                    "\"$FACTORY_HEAD\" -- tests/)\"\n    ---\n    # No test is deleted\n",
     "postmortems": "Case law: one file per failure, written by factory-postmortem: the root cause,\n"
                    "the contributing factors, what should have happened, and the principle or\n"
                    "prohibition it gave rise to.\n",
@@ -43,6 +46,49 @@ def layer_text(files: dict[str, bytes]) -> str:
         for p in paths:
             parts.append(f"<file path=\"{p}\">\n{files[p].decode('utf-8', errors='replace').strip()}\n</file>\n")
     return "\n".join(parts) if parts else "(This repository has no intent layer yet.)\n"
+
+
+def front_matter(text: str) -> tuple[dict, str]:
+    """(the YAML front matter between leading `---` lines, the rest). No front matter, or
+    front matter that is not a YAML mapping, gives ({}, text)."""
+    import yaml
+    if not text.startswith("---\n"):
+        return {}, text
+    end = text.find("\n---", 3)
+    if end < 0:
+        return {}, text
+    try:
+        meta = yaml.safe_load(text[4:end + 1])
+    except yaml.YAMLError:
+        return {}, text
+    rest = text[end + 4:]
+    return (meta, rest.lstrip("\n")) if isinstance(meta, dict) else ({}, text)
+
+
+def prohibitions(files: dict[str, bytes]) -> list[dict]:
+    """Each prohibition (path, title, check) among `files` (path -> content, as
+    Repo.read_tree gives them), in path order. The check is the front matter's `check:`,
+    else a line of the body that starts with `check: ` (the older form)."""
+    out = []
+    prefix = f"{INTENT_DIR}/prohibitions/"
+    for path in sorted(files):
+        if not path.startswith(prefix) or not path.endswith(".md") or os.path.basename(path) == "README.md":
+            continue
+        text = files[path].decode("utf-8", errors="replace")
+        meta, body = front_matter(text)
+        check = meta.get("check")
+        if isinstance(check, bool):  # YAML reads `check: false` as a boolean: the command `false`
+            check = "true" if check else "false"
+        check = str(check) if isinstance(check, (str, int, float)) else None
+        if check is None:
+            for line in body.splitlines():
+                if line.startswith("check: ") and line[7:].strip():
+                    check = line[7:].strip()
+                    break
+        title = next((line.lstrip("# ").strip() for line in body.splitlines() if line.startswith("#")),
+                     os.path.basename(path)[:-3])
+        out.append({"path": path, "title": title, "check": check.strip() if check else None})
+    return out
 
 
 def skeleton_files() -> dict[str, str]:
