@@ -131,3 +131,18 @@ def test_filing_an_issue_with_hidden_content_labels_it(git_repo, tool_env):
     assert [i["labels"] for i in filed] == [["bug"], ["bug", "hidden-content"], ["hidden-content"]]
     listed = run_tool(["factory-issue", "list", "--label", "hidden-content"], cwd=git_repo, env=tool_env)
     assert sorted(json.loads(line)["title"] for line in listed.stdout.splitlines()) == ["docs", "rename \u202eexe.txt"]
+
+
+def test_a_refused_attempt_starts_the_next_from_the_gates_verdict():
+    verdict = {"verdict": "refuse", "needs_approval": False, "summary": "check `python3 -m pytest -q` exited 1",
+               "head": "a" * 40, "base": "b" * 40, "fingerprint": "gate:0123456789abcdef", "record": None,
+               "at": "2026-12-02T12:00:00.000000Z"}
+    tail = "FAILED test_calc.py::T::test_add - AssertionError: -1 != 5"
+    msg = first_message(worker(trust="trusted", verdict=verdict,
+                               comments=[{"author": "gate:human:t", "text": f"factory-gate refused ...\n{tail}"}]))
+    _, start, _ = fence(msg)
+    assert "refused by the gate" in msg[:start] and "`python3 -m pytest -q` exited 1" in msg[:start]
+    inside(msg, tail)  # the output of model-written code stays data, inside the fence
+    waiting = dict(verdict, needs_approval=True)
+    assert "refused by the gate" not in first_message(worker(trust="trusted", verdict=waiting))
+    assert "refused by the gate" not in first_message(worker(trust="trusted"))

@@ -20,6 +20,7 @@ from spawnkit import file_issue, git, sample_repo, spawn_env
 pytestmark = pytest.mark.docker
 
 ANSWER_DELAY_S = 1.5
+WORKERS_ONLY = "slots:\n  worker: {n}\n  gate: 0\n  postmortem: 0\nbudgets:\n  retry_backoff_seconds: 0\n"
 
 
 def responder(body):
@@ -35,7 +36,8 @@ def responder(body):
 @pytest.fixture
 def repo(tmp_path):
     r = sample_repo(tmp_path / "calc")
-    (r / "factory.yaml").write_text("slots:\n  worker: 3\nbudgets:\n  retry_backoff_seconds: 0\n")
+    # The worker pipeline alone: no gate judges the branches, no postmortem (test_loop.py has them).
+    (r / "factory.yaml").write_text(WORKERS_ONLY.format(n=3))
     git(r, "add", "factory.yaml")
     git(r, "commit", "-qm", "three workers")
     return r
@@ -290,7 +292,7 @@ def test_dockerd_stopped_mid_run_and_started_again_loses_no_issue(repo, env, eng
     --until-idle supervisor whose last look found no more work must still wait for the
     runs the engine cut."""
     n = 3
-    (repo / "factory.yaml").write_text(f"slots:\n  worker: {n + 1}\nbudgets:\n  retry_backoff_seconds: 0\n")
+    (repo / "factory.yaml").write_text(WORKERS_ONLY.format(n=n + 1))
     git(repo, "commit", "-qam", "a slot to spare")
     cut = EngineCut(n)
     env = engine.env(env)

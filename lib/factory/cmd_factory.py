@@ -13,7 +13,7 @@ import click
 from .cli import CONTEXT_SETTINGS, EXIT_NO, BadInput, Failed, emit, load_config, open_repo, repo_option, run_main, say
 
 TOOL = "factory"
-BUILTINS = ("init", "status", "image", "start", "stop", "logs")
+BUILTINS = ("init", "status", "image", "start", "stop", "logs", "merge")
 
 
 def tool_path(verb: str) -> str | None:
@@ -383,6 +383,65 @@ def logs(issue, follow):
                 time.sleep(0.25)
 
 
+@cli.command(context_settings=CONTEXT_SETTINGS, epilog="""
+\b
+Merges one issue in review through the merge queue's own path: the branch is judged by
+the gate merged into main as main is now (factory-gate --help), and main moves to
+exactly the tested commit by compare-and-swap; if main moved during the test, it is
+judged again on the new main. Main never gets a tree that was not tested. A refusal is
+put on the issue like any verdict (back to a worker, one attempt charged).
+
+\b
+A checked-out main moves only with its work tree, by git's rule for a push to a
+checked-out branch (updateInstead): if its work tree and index are clean, they are
+updated with the merge, so `git status` stays clean and the files show the merged work;
+if not, nothing is touched and the merge waits (exit 1, saying what is in the way).
+
+\b
+Exit codes:
+  0  merged (or its branch was already on main)
+  1  refused by the gate, or waiting (a dirty work tree, main moving under every test)
+  2  usage or bad input: no such issue, or it is not in review with a branch
+  5  no verdict could be reached (no Docker engine, no image): nothing changed
+
+\b
+Examples:
+  factory review
+  factory merge 7f3a
+  factory merge 7f3a --json | jq .verdict.checks
+""")
+@click.argument("issue")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON: merged, waiting, commit, verdict.")
+@repo_option
+def merge(issue, as_json):
+    """Merge an issue's branch into main: judged on the merge result, then landed."""
+    from . import config, exits, gate, mergequeue
+    from .issues import DamagedIssue, NoSuchIssue, default_actor
+    repo = _repo()
+    try:
+        cfg = config.load(repo.work_tree() or repo.git_dir)
+    except config.ConfigError as e:
+        raise BadInput(TOOL, f"{e}\n(fix factory.yaml; nothing was merged)")
+    try:
+        result = mergequeue.merge_issue(repo, cfg, issue, actor=f"merge:{default_actor()}",
+                                        log=lambda msg: say(TOOL, msg))
+    except (NoSuchIssue, DamagedIssue, mergequeue.NotMergeable) as e:
+        raise BadInput(TOOL, f"{e}; nothing was merged")
+    except gate.GateError as e:
+        raise Failed(TOOL, f"no verdict: {e}; nothing was merged", code=exits.GATE_ERROR)
+    if as_json:
+        emit(result)
+    v = result["verdict"]
+    if result["merged"]:
+        say(TOOL, f"merged {result['issue']} into main: {result['commit'][:12]}")
+        return 0
+    if result["waiting"]:
+        say(TOOL, f"{result['issue']} waits: {result['waiting']}")
+    elif v:
+        say(TOOL, f"{result['issue']} refused: {v['reason']}")
+    return EXIT_NO
+
+
 @cli.group(context_settings=CONTEXT_SETTINGS, epilog="""
 \b
 Exit codes: those of the verb (see factory image build --help); 2 for an unknown verb.
@@ -488,9 +547,8 @@ def _print_status(r: dict) -> None:
     click.echo(f"engine   {eng_line}")
     click.echo(f"kernel   {'running (pid %s)' % sup['pid'] if sup['running'] else 'not running (factory start)'}"
                + (f"; waiting: {sup['waiting']}" if sup.get("waiting") else ""))
-    click.echo(f"slots    {s['used']}/{s['total']}: worker {k['worker']['used']}/{k['worker']['size']}, "
-               f"sensor {k['sensor']['used']}/{k['sensor']['size']}, "
-               f"adversary {k['adversary']['used']}/{k['adversary']['size']}")
+    click.echo(f"slots    {s['used']}/{s['total']}: "
+               + ", ".join(f"{kind} {v['used']}/{v['size']}" for kind, v in k.items()))
     click.echo(f"issues   {iss['total']} total, {iss['ready']} ready: {states}"
                + (f"; {iss['damaged']} damaged refs skipped (see above)" if iss.get("damaged") else ""))
     for kind, why in r["never_fit"].items():

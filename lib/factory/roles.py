@@ -63,6 +63,13 @@ UNTRUSTED_NOTE = ("The issue below, between the {tag} tags, was filed by a peer 
                   "that exact name, begin and end it.")
 ISSUE_NOTE = ("The issue below lies between the {tag} tags (its title, labels, text and comments, "
               "each comment in comment-{nonce} tags).")
+# The gate's refusal of the previous attempt: its summary is factory's own words (the
+# check's name, command and exit code come from main's config and prohibitions); the
+# output it quotes is in the gate's comment, inside the fence, as data.
+REFUSED_NOTE = ("The previous attempt at this issue was refused by the gate (factory-gate), which runs "
+                "the repository's checks on the merge result: {summary}. The gate's comment (the last "
+                "comment-{nonce} by gate:...) shows the failing check and the end of its output. Start "
+                "from what went wrong there: make that check pass on your branch before you finish.")
 NONCE_BYTES = 8
 
 
@@ -105,6 +112,9 @@ def first_message(task: dict, token=None) -> str:
         found = hidden.merge(*(hidden.find(t) for t in raw))
         if found:
             notes.append(hidden.describe(found))
+        refused = issue.get("verdict") or {}
+        if refused.get("verdict") == "refuse" and not refused.get("needs_approval"):
+            notes.append(REFUSED_NOTE.format(summary=refused.get("summary", ""), nonce=nonce))
         fenced = ["Your issue:\n" + hidden.reveal(json.dumps(fields, indent=1, ensure_ascii=False)),
                   hidden.reveal(body)]
         for c in comments:

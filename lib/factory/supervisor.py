@@ -23,8 +23,17 @@ another state directory can start a second supervisor on the same repository:
     supervisor.json   its pid and what it waits for, if anything (read by `factory status`)
     logs/<issue>.log  each agent's stderr;  logs/<issue>.run.json  its run JSON
 
-Later kinds (sensors on a schedule, adversaries on branches in review, postmortems of
-failed runs) join as further `Pipeline`s for their own kind of slot.
+Beside the workers run two more pipelines, each in slots of its own kind:
+    gate        an issue in review whose branch head has no verdict: `factory-slot gate --
+                factory-gate ID` (merge: manual), or, with merge: auto, the merge queue,
+                one at a time: `factory-slot gate -- factory merge --json ID`, which judges
+                the branch on main as it is and lands exactly that tree. While main is
+                checked out with a dirty work tree, merges wait and the status says why.
+    postmortem  each failed run (not the factory's trouble) and each refusal:
+                `factory-slot postmortem -- factory-postmortem --failed-only`, the run
+                JSON or verdict on stdin. (Queued in memory: what a stop drops stays in
+                the run records, and `factory-postmortem` can be fed them by hand.)
+Later kinds (sensors on a schedule, adversaries on branches in review) join the same way.
 """
 
 from __future__ import annotations
@@ -121,6 +130,9 @@ class Supervisor:
         self.status_written = None
         self.unexplained = 0              # spawns in a row that ended with no run (not by our stop)
         self.hold_until = 0.0             # no claim before this (monotonic): never a tight loop
+        self.postmortems: list[dict] = []  # failed runs and refusals waiting for factory-postmortem
+        self.gate_held: dict[str, tuple] = {}  # issue -> (head, until): a gate that reached no verdict
+        self.merge_waits: str | None = None    # merge: auto, and main's work tree is not clean
 
     # -- the only supervisor ---------------------------------------------------------
 
@@ -180,7 +192,10 @@ class Supervisor:
                     self.stop("now")
             else:
                 self.fill()
-                if self.until_idle and not self.agents and (not self.work_waiting or self.gave_up):
+                self.fill_gates()
+                self.fill_postmortems()
+                if self.until_idle and not self.agents and (not self.work_waiting or self.gave_up) \
+                        and not self.postmortems and (self.merge_waits or not self.gate_candidates()):
                     break
             self.render()
             try:
@@ -309,15 +324,19 @@ class Supervisor:
             if a.proc.poll() is None:
                 continue
             a.close()
+            self.agents.remove(a)
             if a.phase == "claim":
                 out = a.proc.stdout.read().decode()
                 a.proc.stdout.close()
-                self.agents.remove(a)
                 if a.proc.returncode == 0 and out.strip():
                     self.start_spawn(json.loads(out.splitlines()[0]))
                     self.fill()
+            elif a.phase == "gate":
+                self.settle_gate(a)
+            elif a.phase == "postmortem":
+                self.say(f"postmortem of {a.issue['id']} ended: exit {a.proc.returncode}"
+                         + (f" (see {self.logs}/{a.issue['id']}.postmortem.log)" if a.proc.returncode else ""))
             else:
-                self.agents.remove(a)
                 self.settle(a)
 
     def start_spawn(self, issue: dict) -> None:
@@ -353,6 +372,8 @@ class Supervisor:
                 # Its issue is open again: not idle (--until-idle) until that has run.
                 self.work_waiting = True
                 self.engine_is_down()
+            if run.get("status") != "ok" and not run.get("infra") and run.get("landed"):
+                self.postmortems.append(run)  # a failure of the work: it becomes a lesson
             if run.get("landed") is not None:
                 return  # factory-spawn settled the issue under its claim (review, or re-queued)
             why = "its run did not settle it"
@@ -387,6 +408,114 @@ class Supervisor:
         if current["state"] == "claimed" and current.get("claimed_by") == self.actor and not ours_on_it:
             self.store.update(issue_id, {"state": "open", "claimed_by": None}, self.actor)
 
+    # -- the gate and the merge queue ------------------------------------------------
+
+    def gate_candidates(self) -> list[dict]:
+        """Issues in review that the gate should look at now. merge: manual, those whose
+        branch head has no verdict yet (or was approved since it waited for approval);
+        merge: auto, also those that passed: the merge queue judges them again on the
+        main they land on."""
+        if not self.cfg["slots"]["gate"] or self.engine_down:
+            return []
+        auto = self.cfg["merge"] == "auto"
+        out = []
+        for issue in self.store.all():
+            if issue["state"] != "review" or not issue.get("branch"):
+                continue
+            head = self.repo.resolve("refs/heads/" + issue["branch"])
+            held = self.gate_held.get(issue["id"])
+            if head is None or (held and held[0] == head and time.monotonic() < held[1]):
+                continue
+            v = issue.get("verdict") or {}
+            approved = (issue.get("approved") or {}).get("head") in (head, None) and issue.get("approved")
+            judged = v.get("head") == head and not (v.get("needs_approval") and approved)
+            if not judged or (auto and v.get("verdict") == "pass"):
+                out.append(issue)
+        return out
+
+    def fill_gates(self) -> None:
+        """One gate at a time per slot; with merge: auto, one merge at a time (the queue)."""
+        running = [a for a in self.agents if a.phase == "gate"]
+        auto = self.cfg["merge"] == "auto"
+        if len(running) >= self.cfg["slots"]["gate"] or (auto and running):
+            return
+        if auto:
+            from .gate import default_ref
+            busy = self.repo.worktree_busy(default_ref(self.repo))
+            if busy != self.merge_waits:
+                self.say(f"merge waits: {busy}" if busy else "main's work tree is clean again; merging")
+                self.merge_waits = busy
+            if busy:
+                return
+        busy_ids = {a.issue["id"] for a in running}
+        for issue in self.gate_candidates():
+            if issue["id"] in busy_ids:
+                continue
+            self.start_gate(issue, merge=auto)
+            return
+
+    def start_gate(self, issue: dict, merge: bool) -> None:
+        iid = issue["id"]
+        log = open(os.path.join(self.logs, f"{iid}.gate.log"), "ab")
+        result = open(os.path.join(self.logs, f"{iid}.verdict.json"), "wb")
+        cmd = [self.tool("factory"), "merge", "--json", iid] if merge else [self.tool("factory-gate"), "-q", iid]
+        proc = subprocess.Popen([self.tool("factory-slot"), "-q", "gate", "--", *cmd], cwd=self.repo.cwd,
+                                stdin=subprocess.DEVNULL, stdout=result, stderr=log, start_new_session=True)
+        log.close()
+        result.close()
+        head = self.repo.resolve("refs/heads/" + issue["branch"])
+        self.agents.append(Agent(kind="gate", proc=proc, phase="gate", issue={**issue, "head": head}))
+        self.say(("merge queue" if merge else "gate") + f" started on {iid}: {issue['title'][:60]}")
+
+    def settle_gate(self, a: Agent) -> None:
+        """Read what the gate (or the merge) printed: refusals go to factory-postmortem."""
+        iid = a.issue["id"]
+        verdicts = []
+        try:
+            with open(os.path.join(self.logs, f"{iid}.verdict.json")) as f:
+                for line in f:
+                    obj = json.loads(line) if line.strip() else None
+                    if isinstance(obj, dict):
+                        verdicts.append(obj.get("verdict") if isinstance(obj.get("verdict"), dict) else obj)
+                        if obj.get("waiting"):
+                            self.say(f"merge of {iid} waits: {obj['waiting']}")
+                        if obj.get("merged"):
+                            self.say(f"merged {iid} into main at {str(obj.get('commit'))[:12]}")
+        except (OSError, ValueError):
+            pass
+        verdicts = [v for v in verdicts if isinstance(v, dict) and v.get("verdict")]
+        for v in verdicts:
+            self.say(f"gate on {iid}: {v['verdict']}" + (f" ({v.get('reason', '')[:80]})" if v["verdict"] != "pass" else ""))
+            if v["verdict"] == "refuse" and not v.get("needs_approval") and v.get("settled"):
+                self.postmortems.append(v)
+        if not verdicts and a.proc.returncode != 0:
+            # No verdict (the engine, the image, main's config): not the branch's fault.
+            # Do not judge the same head again for a while.
+            self.gate_held[iid] = (a.issue.get("head"), time.monotonic() + 60)
+            self.say(f"gate on {iid} reached no verdict (exit {a.proc.returncode}; see {self.logs}/{iid}.gate.log); "
+                     "trying again in 60 s")
+
+    # -- postmortems -----------------------------------------------------------------
+
+    def fill_postmortems(self) -> None:
+        quota = self.cfg["slots"]["postmortem"]
+        if not quota:
+            self.postmortems.clear()  # postmortems are switched off (slots.postmortem: 0)
+            return
+        while self.postmortems and sum(1 for a in self.agents if a.phase == "postmortem") < quota:
+            failure = self.postmortems.pop(0)
+            iid = failure.get("issue") or "run"
+            log = open(os.path.join(self.logs, f"{iid}.postmortem.log"), "ab")
+            proc = subprocess.Popen([self.tool("factory-slot"), "-q", "postmortem", "--",
+                                     self.tool("factory-postmortem"), "-q", "--failed-only"],
+                                    cwd=self.repo.cwd, stdin=subprocess.PIPE, stdout=log, stderr=log,
+                                    start_new_session=True)
+            log.close()
+            proc.stdin.write(json.dumps(failure).encode() + b"\n")
+            proc.stdin.close()
+            self.agents.append(Agent(kind="postmortem", proc=proc, phase="postmortem", issue={"id": iid}))
+            self.say(f"postmortem started on {iid}")
+
     def engine_is_down(self) -> None:
         if not self.engine_down:
             self.engine_down = True
@@ -406,9 +535,12 @@ class Supervisor:
             kernel = "waiting for docker"
         elif self.waiting and not self.stopping:
             kernel = "waiting: " + self.waiting
+        elif self.merge_waits and not self.stopping:
+            kernel = "merge waits: " + self.merge_waits
         self.write_status(kernel)
         first = f"spawning agents  slots: {used}/{total}"
-        second = f"workers:{c['worker']}  sensors:{c['sensor']}  adversaries:{c['adversary']}  kernel:{kernel}"
+        second = (f"workers:{c['worker']}  sensors:{c['sensor']}  adversaries:{c['adversary']}  "
+                  f"gates:{c['gate']}  postmortems:{c['postmortem']}  kernel:{kernel}")
         tty = self.out.isatty()
         if tty:  # a wrapped line would break the two-line redraw
             import shutil
@@ -423,7 +555,8 @@ class Supervisor:
 
     def write_status(self, kernel: str) -> None:
         """For `factory status`, which runs in another process: what this one waits for."""
-        status = {"v": 1, "pid": os.getpid(), "kernel": kernel, "waiting": self.waiting}
+        waiting = self.waiting or (f"merge waits: {self.merge_waits}" if self.merge_waits else None)
+        status = {"v": 1, "pid": os.getpid(), "kernel": kernel, "waiting": waiting}
         if status == self.status_written:
             return
         from . import atomic
