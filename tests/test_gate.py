@@ -12,7 +12,7 @@ from spawnkit import CALC, file_issue, git, sample_repo
 
 FIXED = "def add(a, b):\n    return a + b\n"
 NO_TEST_DELETION = ("---\ncheck: test -z \"$(git diff --name-only --diff-filter=D \"$FACTORY_BASE\" "
-                    "\"$FACTORY_HEAD\")\"\n---\n# No test is deleted\n\nA failing test is fixed, never removed.\n")
+                    "HEAD)\"\n---\n# No test is deleted\n\nA failing test is fixed, never removed.\n")
 
 
 @pytest.fixture

@@ -594,6 +594,20 @@ class Repo:
                                    f"differs from {ref}: `git reset --keep {old}` restores it") from None
             raise
 
+    def worktree_busy(self, ref: str) -> str | None:
+        """Why branch `ref` could not move with its work tree now (a work tree that has it
+        checked out is dirty or missing), or None: advance_branch's checks, without moving
+        anything, so a caller can wait before it does costly work towards a move."""
+        at = self.resolve(ref)
+        if at is None:
+            return None
+        for tree in self.worktrees_on(ref):
+            try:
+                self._check_tree(tree, ref, at, at)
+            except (WorkTreeBusy, RefConflict) as e:
+                return str(e)
+        return None
+
     def _in_tree(self, tree: str, *args: str) -> subprocess.CompletedProcess:
         """git in a person's work tree; the caller reads the exit code."""
         return subprocess.run(["git", "-C", tree, *args], capture_output=True,

@@ -15,10 +15,11 @@ SECTIONS = {
                   "a short title line (`# ...`), then why it matters and what it asks of an agent.\n",
     "prohibitions": "The guardrails: what no agent may do. One per file. A prohibition may carry\n"
                     "YAML front matter with `check: COMMAND`; the gate runs COMMAND at the top of\n"
-                    "every branch's merge result (FACTORY_BASE and FACTORY_HEAD name the base and\n"
-                    "the branch's head) and refuses the branch when it exits non-zero:\n\n"
-                    "    ---\n    check: test -z \"$(git diff --name-only --diff-filter=D \"$FACTORY_BASE\" "
-                    "\"$FACTORY_HEAD\" -- tests/)\"\n    ---\n    # No test is deleted\n",
+                    "every branch's merge result, checked out as HEAD (FACTORY_BASE names main's\n"
+                    "commit, FACTORY_HEAD the branch's), and refuses the branch when it exits\n"
+                    "non-zero. What the branch changes is `git diff $FACTORY_BASE HEAD`:\n\n"
+                    "    ---\n    check: test -z \"$(git diff --name-only --diff-filter=D \"$FACTORY_BASE\" HEAD "
+                    "-- tests/)\"\n    ---\n    # No test is deleted\n",
     "postmortems": "Case law: one file per failure, written by factory-postmortem: the root cause,\n"
                    "the contributing factors, what should have happened, and the principle or\n"
                    "prohibition it gave rise to.\n",
