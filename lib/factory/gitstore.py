@@ -7,7 +7,10 @@ it expects, so a concurrent writer makes the whole transaction fail instead of l
 update. Reads go through `for-each-ref` and `cat-file --batch`. The number of git
 processes per operation is therefore constant, whatever the number of refs.
 
-Nothing here ever checks out a tree or touches a work tree.
+Nothing here checks out a tree, and one method touches a work tree: advance_branch, when
+the branch it moves is checked out in a person's own work tree, updates that work tree
+with it by git's own rule for a push to a checked-out branch (updateInstead), or moves
+nothing at all.
 """
 
 from __future__ import annotations
@@ -36,6 +39,16 @@ class RefConflict(Exception):
 
 class NotARepository(GitError):
     pass
+
+
+class WorkTreeBusy(GitError):
+    """A checked-out branch cannot move: its work tree has changes, or a file in the way,
+    that moving it would overwrite. Nothing was changed; the message names the work tree
+    and what is in the way."""
+
+    def __init__(self, work_tree: str, message: str):
+        super().__init__(message)
+        self.work_tree = work_tree
 
 
 def _not_yours(path: str) -> str:
@@ -256,6 +269,16 @@ class Repo:
         if p.returncode not in (0, 1):
             raise GitError(f"git merge-base failed: {p.stderr.decode(errors='replace').strip()}")
         return p.returncode == 0
+
+    def merge_base(self, a: str, b: str) -> str | None:
+        """The best common ancestor of two commits, or None when they share no history."""
+        check_arg(a, "rev")
+        check_arg(b, "rev")
+        p = subprocess.run(["git", "--git-dir", self.git_dir, "merge-base", "--end-of-options", a, b],
+                           capture_output=True, env=dict(os.environ, LC_ALL="C"))
+        if p.returncode not in (0, 1):
+            raise GitError(f"git merge-base failed: {p.stderr.decode(errors='replace').strip()}")
+        return p.stdout.decode().strip() or None
 
     def log_patches(self, base: str, head: str) -> bytes:
         """The patches of the commits in base..head, oldest first, each introduced by a
@@ -505,6 +528,99 @@ class Repo:
                 cleared = True
         return cleared
 
+    # -- a branch a person may have checked out -------------------------------------
+
+    def worktrees_on(self, ref: str) -> list[str]:
+        """The work trees (the main one and linked ones) that have branch `ref` (a full
+        ref, refs/heads/NAME) checked out, as `git worktree list` names them. A bare
+        repository's own entry has no branch; a linked work tree whose directory is gone
+        is still listed, as git still counts it."""
+        check_arg(ref, "ref")
+        out = self.git("worktree", "list", "--porcelain", "-z").decode(errors="surrogateescape")
+        trees, path = [], None
+        for line in out.split("\0"):  # "worktree PATH", then its attributes; "" ends an entry
+            key, _, value = line.partition(" ")
+            if key == "worktree":
+                path = value
+            elif key == "branch" and value == ref and path is not None:
+                trees.append(path)
+        return trees
+
+    def advance_branch(self, ref: str, old: str, new: str) -> None:
+        """Move branch `ref` from commit `old` to commit `new` by compare-and-swap
+        (RefConflict when it is not at `old`).
+
+        Where the branch is checked out, its work tree moves with it, by git's rule for a
+        push to a checked-out branch (receive.denyCurrentBranch=updateInstead): only a
+        clean work tree and index are updated from old to new, and the ref moves after
+        them, never ahead. WorkTreeBusy, with nothing changed, when a work tree has
+        changes or an untracked file stands where the new commit puts one. These are the
+        person's own work trees, so git runs in them (-C), not on an agent's files."""
+        for oid in (old, new):
+            if not re.fullmatch(r"[0-9a-f]{40}|[0-9a-f]{64}", oid or ""):
+                raise UnsafeArgument(f"advance_branch takes commit ids, not {oid!r}")
+        trees = self.worktrees_on(ref)
+        for tree in trees:  # every one is checked before any is touched
+            self._check_tree(tree, ref, old, new)
+        moved: list[str] = []
+        try:
+            for tree in trees:
+                self._switch_tree(tree, ref, old, new)
+                moved.append(tree)
+            self.update_refs([(ref, new, old)])
+        except BaseException:
+            # The ref did not move: each work tree goes back. Unless the ref is at `new` all
+            # the same (another mover of the same commit won, or the swap went through as
+            # an interrupt came): then the work trees are already where it is.
+            if moved and self.resolve(ref) == new:
+                raise
+            for tree in reversed(moved):
+                p = self._in_tree(tree, "read-tree", "-u", "-m", new, old)
+                if p.returncode != 0:
+                    raise GitError(f"work tree {tree} was updated to {new} but {ref} could not move, and "
+                                   f"putting it back failed: {_words(p)}; there, `git status` shows what "
+                                   f"differs from {ref}: `git reset --keep {old}` restores it") from None
+            raise
+
+    def _in_tree(self, tree: str, *args: str) -> subprocess.CompletedProcess:
+        """git in a person's work tree; the caller reads the exit code."""
+        return subprocess.run(["git", "-C", tree, *args], capture_output=True,
+                              env=dict(os.environ, GIT_TERMINAL_PROMPT="0", LC_ALL="C"))
+
+    def _check_tree(self, tree: str, ref: str, old: str, new: str) -> None:
+        """RefConflict unless `tree` is on `ref` at `old`; WorkTreeBusy unless it is clean."""
+        branch = ref.removeprefix("refs/heads/")
+        if not os.path.isdir(tree):
+            raise WorkTreeBusy(tree, f"{branch} is checked out in work tree {tree}, which is missing; "
+                                     "`git worktree prune` forgets it, then try again")
+        on = self._in_tree(tree, "symbolic-ref", "-q", "HEAD").stdout.decode().strip()
+        at = self._in_tree(tree, "rev-parse", "--verify", "-q", "HEAD^{commit}").stdout.decode().strip()
+        if on != ref or at != old:
+            raise RefConflict(f"work tree {tree} is on {on or 'a detached HEAD'} at {at or 'no commit'}, "
+                              f"not on {ref} at {old}")
+        # git's own up-to-date check (push_to_deploy in builtin/receive-pack.c): refresh the
+        # index first, so a file only touched (same content, new mtime) is not a change.
+        steps = ((("update-index", "-q", "--ignore-submodules", "--refresh"), None),
+                 (("diff-files", "--quiet", "--ignore-submodules", "--"), "uncommitted changes"),
+                 (("diff-index", "--quiet", "--cached", "--ignore-submodules", "HEAD", "--"), "staged changes"))
+        for args, what in steps:
+            p = self._in_tree(tree, *args)
+            if p.returncode == 0:
+                continue
+            if what and p.returncode == 1:
+                raise WorkTreeBusy(tree, f"work tree {tree} has {what} (git status shows them); {branch} "
+                                         f"moves to {new[:12]} only once it is clean: commit or stash them")
+            raise WorkTreeBusy(tree, f"work tree {tree} cannot be checked: git {args[0]}: {_words(p)}")
+
+    def _switch_tree(self, tree: str, ref: str, old: str, new: str) -> None:
+        """Update a clean work tree and its index from old to new (a two-tree read-tree:
+        it refuses, writing nothing, to overwrite an untracked file or a changed one)."""
+        p = self._in_tree(tree, "read-tree", "-u", "-m", old, new)
+        if p.returncode != 0:
+            raise WorkTreeBusy(tree, f"work tree {tree}: {_words(p)}; {ref.removeprefix('refs/heads/')} "
+                                     f"moves to {new[:12]} only once nothing is in the way: move those "
+                                     "files elsewhere (or commit them)")
+
     @staticmethod
     def _ident() -> bytes:
         # Records are factory's, not a person's: who acted is in the record itself. A fixed
@@ -512,6 +628,12 @@ class Repo:
         name = os.environ.get("GIT_COMMITTER_NAME") or "factory"
         email = os.environ.get("GIT_COMMITTER_EMAIL") or "factory@localhost"
         return f"{name} <{email}>".encode()
+
+
+def _words(p: subprocess.CompletedProcess) -> str:
+    """What a failed git said, on one line."""
+    text = p.stderr.decode(errors="replace").strip() or f"exit {p.returncode}"
+    return "; ".join(line.strip() for line in text.splitlines() if line.strip())
 
 
 def retry_cas(fn, *, deadline_s: float = 20.0):
