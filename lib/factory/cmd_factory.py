@@ -507,8 +507,10 @@ def approve(issue_id, note):
         issue = store.change(issue_id, events)
     except (NoSuchIssue, UnsafeArgument) as e:
         raise BadInput(TOOL, str(e))
-    except contracts.ContractError as e:  # FACTORY_ACTOR is not a name an issue can keep
-        raise BadInput(TOOL, f"{e} (set FACTORY_ACTOR to a name such as human:ann); nothing was written")
+    except contracts.ContractError as e:
+        hint = {"approved.by": " (set FACTORY_ACTOR to a name such as human:ann)",
+                "comment": " (shorten --note)"}.get(e.field, "")
+        raise BadInput(TOOL, f"{e}{hint}; nothing was written")
     except (IssueError, DamagedIssue) as e:
         raise Failed(TOOL, str(e))
     except RefConflict as e:
