@@ -13,7 +13,7 @@ import click
 from .cli import CONTEXT_SETTINGS, EXIT_NO, BadInput, Failed, emit, load_config, open_repo, repo_option, run_main, say
 
 TOOL = "factory"
-BUILTINS = ("init", "status", "image", "start", "stop", "logs", "merge")
+BUILTINS = ("init", "status", "image", "start", "stop", "logs", "approve", "review", "merge")
 
 
 def tool_path(verb: str) -> str | None:
@@ -48,6 +48,7 @@ Examples:
   factory init
   factory status
   factory status --json | jq .issues
+  factory review
   factory issue list
 """)
 @click.version_option(package_name="factory", prog_name=TOOL)
@@ -504,6 +505,184 @@ def image_build(rebuild, as_json):
         emit(result)
     else:
         say(TOOL, f"{tag} ({'built' if result['built'] else 'up to date'}, recipe from {recipe.source})")
+
+
+FINISHED = ("done", "closed", "failed")  # nothing left to approve
+
+
+@cli.command(context_settings=CONTEXT_SETTINGS, epilog="""
+\b
+Records, in one change to the issue, the field approved = {by, at, head} and a comment
+"approved by ACTOR at head COMMIT": head is the commit the issue's branch points at now,
+or null before any work ("approved before any work"). An approval holds for that head
+only: the gate checks it, so once the branch moves (new work), the approval no longer
+counts. To re-approve, look again (factory review) and run factory approve again.
+Who approves: env FACTORY_ACTOR, else human:$USER.
+Output: the issue as it stands after, as one JSON object (as factory-issue prints it).
+
+\b
+Exit codes:
+  0  approved
+  1  the issue is done, closed or failed, or the branch it names does not exist;
+     nothing was written
+  2  usage or bad input (no such issue, a --note that is not text); nothing was written
+
+\b
+Examples:
+  factory review
+  factory approve 7f3a
+  factory approve 7f3a --note "checked the migration by hand"
+""")
+@click.argument("issue_id", metavar="ID")
+@click.option("--note", metavar="TEXT", help="Text to add to the approval's comment.")
+@repo_option
+def approve(issue_id, note):
+    """Approve an issue's work as its branch stands now."""
+    from . import contracts
+    from .cmd_issue import _ordered
+    from .gitstore import GitError, RefConflict, UnsafeArgument
+    from .issues import DamagedIssue, IssueError, IssueStore, NoSuchIssue, default_actor, make_event
+    repo = _repo()
+    actor = default_actor()
+    try:
+        if note is not None:
+            note = contracts.validate_comment(note)
+    except contracts.ContractError as e:
+        raise BadInput(TOOL, f"--note: {e}; nothing was written")
+
+    def events(issue, last):
+        if issue["state"] in FINISHED:
+            raise IssueError(f"issue '{issue['id']}' is {issue['state']}: there is no work left to approve; "
+                             "nothing was written")
+        head = _branch_head(repo, issue)
+        ev = make_event("set", actor, after=last, fields={})
+        ev["fields"]["approved"] = contracts._field("approved", {"by": actor, "at": ev["at"], "head": head})
+        text = f"approved by {actor} at head {head}" if head else f"approved by {actor} before any work"
+        text = contracts.validate_comment(text + (f"\n\n{note}" if note else ""))  # a note near the limit
+        return [ev, make_event("comment", actor, after=ev["at"], text=text)]
+
+    store = IssueStore(repo, warn=lambda m: say(TOOL, m))
+    try:
+        issue = store.change(issue_id, events)
+    except (NoSuchIssue, UnsafeArgument) as e:
+        raise BadInput(TOOL, str(e))
+    except contracts.ContractError as e:
+        hint = {"approved.by": " (set FACTORY_ACTOR to a name such as human:ann)",
+                "comment": " (shorten --note)"}.get(e.field, "")
+        raise BadInput(TOOL, f"{e}{hint}; nothing was written")
+    except (IssueError, DamagedIssue) as e:
+        raise Failed(TOOL, str(e))
+    except RefConflict as e:
+        raise Failed(TOOL, f"gave up after repeated write conflicts ({e}); try again")
+    except GitError as e:
+        raise Failed(TOOL, str(e))
+    emit(_ordered(issue))
+
+
+def _branch_head(repo, issue) -> str | None:
+    """The commit the issue's branch points at, None when it has no branch yet; IssueError
+    when it names a branch that does not exist."""
+    from .issues import IssueError
+    if not issue.get("branch"):
+        return None
+    head = repo.resolve(f"refs/heads/{issue['branch']}")
+    if head is None:
+        raise IssueError(f"issue '{issue['id']}' names branch {issue['branch']}, which does not exist here; "
+                         "restore it, or clear the issue's branch: echo '{\"id\": \"%s\", \"branch\": null}' "
+                         "| factory-issue update" % issue["id"])
+    return head
+
+
+@cli.command(context_settings=CONTEXT_SETTINGS, epilog="""
+\b
+For each issue in review: its branch and head; the gate's verdict, if the gate has judged
+that head (a verdict on an older head reads "not judged yet"); whether a person approved
+that head (factory approve); and the diffstat of the branch against the default branch
+(the repository's HEAD), from where the two meet (git merge-base).
+--json: one object per issue, one per line: id, title, branch, head, base (the default
+branch), merge_base, verdict (the gate's object or null), judged (the verdict is on this
+head), approved (approved at this head), approval (the object or null), diffstat (text).
+
+\b
+Exit codes:
+  0  listed (also when no issue is in review: it says so on stderr)
+  2  not in a git repository
+
+\b
+Examples:
+  factory review
+  factory review --json | jq -r 'select(.judged and .verdict.verdict == "pass") | .id'
+  factory review && factory approve 7f3a
+""")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per issue, one per line.")
+@repo_option
+def review(as_json):
+    """List the issues waiting in review: verdict, approval, changes."""
+    from .issues import IssueStore
+    from .spawn import default_ref
+    repo = _repo()
+    store = IssueStore(repo, warn=lambda m: say(TOOL, m))
+    waiting = [i for i in store.all() if i["state"] == "review"]
+    if not waiting:
+        say(TOOL, "no issue is in review")
+        return 0
+    base_ref = default_ref(repo)
+    rows = [_review_row(repo, i, base_ref) for i in waiting]
+    if as_json:
+        for row in rows:
+            emit(row)
+        return 0
+    for row in rows:
+        _print_review(row)
+    click.echo("factory merge ID merges one; factory approve ID approves one at its head")
+    return 0
+
+
+def _review_row(repo, issue: dict, base_ref: str) -> dict:
+    """What a person needs to judge one issue in review."""
+    branch = issue.get("branch")
+    head = repo.resolve(f"refs/heads/{branch}") if branch else None
+    base = repo.resolve(base_ref)
+    merge_base = repo.merge_base(base, head) if base and head else None
+    verdict, approval = issue.get("verdict"), issue.get("approved")
+    if head is None:
+        diffstat = f"(no branch {branch} here)" if branch else "(no branch yet)"
+    elif merge_base is None:
+        diffstat = f"(no history in common with {base_ref})"
+    else:
+        diffstat = repo.diffstat(merge_base, head)
+    return {
+        "id": issue["id"], "title": issue["title"], "branch": branch, "head": head,
+        "base": base_ref, "merge_base": merge_base, "verdict": verdict,
+        "judged": bool(verdict and head and verdict.get("head") == head),
+        "approved": bool(approval and approval.get("head") == head),
+        "approval": approval, "diffstat": diffstat,
+    }
+
+
+def _print_review(r: dict) -> None:
+    v, a = r["verdict"], r["approval"]
+    if r["judged"]:
+        verdict = f"{v['verdict']}: {v['summary']}" + ("  (needs a person's approval)" if v["needs_approval"] else "")
+    elif v:
+        verdict = f"not judged yet (the last verdict, {v['verdict']}, was on {str(v['head'])[:12]})"
+    else:
+        verdict = "not judged yet"
+    if r["approved"]:
+        approval = f"yes, by {a['by']} at {a['at']}"
+    elif a:  # approved, but another head: what was approved is not what would merge
+        what = f"head {a['head'][:12]}" if a["head"] else "it before any work"
+        approval = f"no: {a['by']} approved {what}; to approve this head: factory approve {r['id']}"
+    else:
+        approval = "no"
+    click.echo(f"{r['id']}  {r['title']}")
+    click.echo(f"  branch    {r['branch'] or '-'}" + (f" at {r['head'][:12]}" if r["head"] else ""))
+    click.echo(f"  verdict   {verdict}")
+    click.echo(f"  approved  {approval}")
+    click.echo(f"  changes   against {r['base'].removeprefix('refs/heads/')}")
+    for line in r["diffstat"].rstrip("\n").splitlines() or ["(no changes)"]:
+        click.echo(f"    {line}")
+    click.echo("")
 
 
 def _slot_status(repo, cfg) -> dict:
