@@ -34,6 +34,12 @@ VARIABLES = {
     "FACTORY_DEBIAN_MIRROR": "the Debian mirror an offline image build uses",
 }
 
+# Variables factory sets, never reads: for the gate's checks, in their container.
+SET_FOR_CHECKS = {
+    "FACTORY_BASE": "set for the gate's checks: the commit of main the branch is merged into",
+    "FACTORY_HEAD": "set for the gate's checks: the branch's head (HEAD is the merge result)",
+}
+
 
 def get(name: str, default: str | None = None) -> str | None:
     """A FACTORY_* variable's value ('' counts as unset); the name must be in VARIABLES."""
