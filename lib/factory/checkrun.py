@@ -31,47 +31,81 @@ def run_checks(repo, cfg: dict, commit: str, checks: list[dict], *, env: dict | 
     "output_tail", "seconds"} per check, in order. `timeout_s` bounds all of them
     together: a check that starts with no time left is not run (exit_code None). The
     container is removed whatever happens."""
-    log = log or (lambda msg: None)
     if not checks:
         return []
+    box = CheckBox(repo, cfg, kind=kind, deadline_s=timeout_s + 300, log=log)
     try:
-        image = images.ensure_image(images.recipe_from_config(cfg, repo.work_tree()), log=log)
-    except images.ImageError as e:
-        raise CheckRunError(f"no image to run the checks in: {e}") from e
-    res = cfg["resources"][kind]
-    deadline = time.monotonic() + timeout_s
-    sb = None
-    try:
-        sb = sandbox.Sandbox.start(
-            image, objects=os.path.join(repo.common_dir, "objects"),
-            labels={"factory.repo": repo.common_dir, "factory.kind": kind, "factory.run": f"check-{os.getpid()}",
-                    "factory.issue": ""},
-            cpus=res["cpus"], memory=res["memory"], pids=res["pids"], tmp_size=res["tmp"], disk=res["disk"],
-            deadline_s=int(timeout_s) + 300, runtime=cfg["sandbox"]["runtime"])
-        try:
-            agentrepo.check_out(sb, commit, CHECK_BRANCH, [])
-        except Exception as e:  # ToolsUnavailable: the image lacks git or bash
-            raise CheckRunError(str(e)) from e
-        results = []
-        for check in checks:
-            left = deadline - time.monotonic()
-            if left < 1:
-                results.append(_result(check, None, False, "not run: the checks' time (gate.timeout_seconds) "
-                                                           "ran out before it", 0.0))
-                continue
-            log(f"check {check['name']}: {check['command']}")
-            r = sb.exec(check["command"], timeout=left, workdir=sandbox.WORKSPACE + "/repo", env=env)
-            out = r.output
-            if r.timed_out:
-                out += f"\n[factory: the check was stopped after {left:.0f} s (gate.timeout_seconds)]"
-            results.append(_result(check, r.exit_code, r.timed_out, out, r.duration))
-        return results
-    except (sandbox.SandboxError, sandbox.EngineUnavailable) as e:
-        raise CheckRunError(str(e)) from e
+        return box.run(commit, checks, env=env, timeout_s=timeout_s)
     finally:
-        if sb is not None:
+        box.close()
+
+
+class CheckBox:
+    """One container for checks, started in the background as soon as it is made, so
+    that its start overlaps what the caller does meanwhile (computing the merge, reading
+    main's config). run() waits for it; close() removes it without waiting for the engine
+    to finish (auto_remove and the deadline end it in any case)."""
+
+    def __init__(self, repo, cfg: dict, *, kind: str = "gate", deadline_s: float = 2100, log=None):
+        import threading
+        self.repo, self.cfg, self.kind, self.log = repo, cfg, kind, log or (lambda msg: None)
+        self.sb, self.error, self.closed = None, None, False
+        self._thread = threading.Thread(target=self._start, args=(int(deadline_s),), daemon=True)
+        self._thread.start()
+
+    def _start(self, deadline_s: int) -> None:
+        try:
+            image = images.ensure_image(images.recipe_from_config(self.cfg, self.repo.work_tree()), log=self.log)
+            res = self.cfg["resources"][self.kind]
+            self.sb = sandbox.Sandbox.start(
+                image, objects=os.path.join(self.repo.common_dir, "objects"),
+                labels={"factory.repo": self.repo.common_dir, "factory.kind": self.kind,
+                        "factory.run": f"check-{os.getpid()}", "factory.issue": ""},
+                cpus=res["cpus"], memory=res["memory"], pids=res["pids"], tmp_size=res["tmp"], disk=res["disk"],
+                deadline_s=deadline_s, runtime=self.cfg["sandbox"]["runtime"])
+        except images.ImageError as e:
+            self.error = CheckRunError(f"no image to run the checks in: {e}")
+        except (sandbox.SandboxError, sandbox.EngineUnavailable) as e:
+            self.error = CheckRunError(str(e))
+        except Exception as e:  # raised again in the caller's thread
+            self.error = e
+
+    def run(self, commit: str, checks: list[dict], *, env: dict | None = None, timeout_s: float = 600) -> list[dict]:
+        deadline = time.monotonic() + timeout_s
+        self._thread.join()
+        if self.error:
+            raise self.error
+        sb = self.sb
+        try:
             try:
-                sb.remove()
+                agentrepo.check_out(sb, commit, CHECK_BRANCH, [])
+            except Exception as e:  # ToolsUnavailable: the image lacks git or bash
+                raise CheckRunError(str(e)) from e
+            results = []
+            for check in checks:
+                left = deadline - time.monotonic()
+                if left < 1:
+                    results.append(_result(check, None, False, "not run: the checks' time (gate.timeout_seconds) "
+                                                               "ran out before it", 0.0))
+                    continue
+                self.log(f"check {check['name']}: {check['command']}")
+                r = sb.exec(check["command"], timeout=left, workdir=sandbox.WORKSPACE + "/repo", env=env)
+                out = r.output
+                if r.timed_out:
+                    out += f"\n[factory: the check was stopped after {left:.0f} s (gate.timeout_seconds)]"
+                results.append(_result(check, r.exit_code, r.timed_out, out, r.duration))
+            return results
+        except (sandbox.SandboxError, sandbox.EngineUnavailable) as e:
+            raise CheckRunError(str(e)) from e
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self._thread.join()
+        if self.sb is not None:
+            try:
+                self.sb.remove(wait=False)
             except (sandbox.SandboxError, sandbox.EngineUnavailable):
                 pass  # it expires at its deadline
 

@@ -168,6 +168,10 @@ def judge(repo: Repo, cfg: dict, issue: dict, *, ref: str | None = None, base: s
                "settled": False, "timings": {}}
     checks = verdict["checks"]
     approved = _approved(issue, head)
+    # The container starts now, beside the merge and the policy: most branches need it.
+    box_deadline = cfg["gate"]["timeout_seconds"] + 300
+    box = checkrun.CheckBox(repo, cfg, kind="gate", deadline_s=box_deadline, log=log) \
+        if head and not repo.is_ancestor(head, base) else None
     try:
         merge = _merge_result(repo, issue, base, head, checks)
         if merge is not None:
@@ -181,8 +185,9 @@ def judge(repo: Repo, cfg: dict, issue: dict, *, ref: str | None = None, base: s
                 todo += [{"name": p["title"], "command": p["check"], "kind": "prohibition", "path": p["path"]}
                          for p in prohibitions if p["check"]]
                 t_checks = time.monotonic()
-                results = checkrun.run_checks(repo, cfg, merge, todo, env={"FACTORY_BASE": base, "FACTORY_HEAD": head},
-                                              timeout_s=jcfg["gate"]["timeout_seconds"], log=log, kind="gate")
+                timeout = min(jcfg["gate"]["timeout_seconds"], box_deadline - 60)
+                results = box.run(merge, todo, env={"FACTORY_BASE": base, "FACTORY_HEAD": head},
+                                  timeout_s=timeout) if todo else []
                 verdict["timings"]["checks_s"] = round(time.monotonic() - t_checks, 3)
                 for want, got in zip(todo, results):
                     checks.append({**got, "kind": want["kind"], "path": want["path"]})
@@ -193,6 +198,9 @@ def judge(repo: Repo, cfg: dict, issue: dict, *, ref: str | None = None, base: s
                     verdict["needs_approval"] = True
     except checkrun.CheckRunError as e:
         raise GateError(f"the checks could not run: {e}") from e
+    finally:
+        if box is not None:
+            box.close()
     failed = [c for c in checks if not c["ok"]]
     if not failed:
         verdict["verdict"] = "pass"

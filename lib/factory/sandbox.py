@@ -352,8 +352,9 @@ class Sandbox:
     def alive(self) -> bool:
         return self.state().status == "running"
 
-    def remove(self) -> None:
-        """Kill and remove the container; fine if it is gone already or going."""
+    def remove(self, wait: bool = True) -> None:
+        """Kill and remove the container; fine if it is gone already or going. `wait`:
+        return only once the engine says it is gone."""
         if not self.id:
             return
         errors = _errors()
@@ -366,6 +367,8 @@ class Sandbox:
             # auto_remove may already be removing it ("removal ... already in progress")
             if e.status_code != 409:
                 raise SandboxError(f"cannot remove container {self.id[:12]}: {e.explanation or e}") from e
+        if not wait:
+            return
         for _ in range(50):  # wait until it really is gone, so callers may rely on it
             if self.state().status == "gone":
                 return
