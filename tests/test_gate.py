@@ -225,3 +225,16 @@ def test_the_test_command_is_detected_in_order(tmp_path, files, expected):
     else:
         assert expected in command, (command, why)
 
+
+
+@docker
+def test_what_the_checks_print_is_redacted_everywhere_the_verdict_goes(repo, tool_env):
+    token = "ghp_" + "A1b2C3d4" * 4 + "E5f6"
+    leaky = ("import unittest\n\n\nclass L(unittest.TestCase):\n    def test_leak(self):\n"
+             "        self.fail('gh' + 'p_' + 'A1b2C3d4' * 4 + 'E5f6')\n")
+    issue_id = in_review(repo, tool_env, {"calc.py": FIXED, "test_leak.py": leaky})
+    p, (v,) = gate(repo, tool_env, issue_id)
+    assert v["verdict"] == "refuse" and "test_leak" in json.dumps(v["checks"])
+    assert token not in p.stdout and token not in p.stderr
+    assert token not in git(repo, "show", f"{v['record']}:run.json") + git(repo, "show", f"{v['record']}:log-tail.txt")
+    assert token not in json.dumps(show(repo, tool_env, issue_id))

@@ -211,6 +211,9 @@ def judge(repo: Repo, cfg: dict, issue: dict, *, ref: str | None = None, base: s
         verdict["fingerprint"] = None if verdict["needs_approval"] else fingerprint(first)
     verdict["ended"] = contracts.now_iso()
     verdict["timings"]["total_s"] = round(time.monotonic() - t0, 3)
+    # The checks ran the branch's code: whatever it printed is redacted before the verdict
+    # reaches the record, the issue's comment or stdout.
+    verdict = Redactor().clean(verdict)
     _record(repo, verdict, log)
     return verdict
 
