@@ -81,6 +81,18 @@ def test_a_normal_user_runs_an_agent_and_no_object_of_their_repository_changes(u
     foreign = [os.path.join(t, n) for t, ds, fs in os.walk(users_repo) for n in ds + fs
                if os.lstat(os.path.join(t, n)).st_uid != UID]
     assert foreign == []
+    # The gate and the merge queue, as the same user: main and its work tree move together.
+    judged = normal_user.run(["bash", "-c", "factory-issue list --state review | factory-gate -q"],
+                             cwd=users_repo, env=env)
+    assert judged.returncode == 0 and json.loads(judged.stdout)["verdict"] == "pass", judged.stderr
+    merged = normal_user.run(["factory", "merge", issue["id"]], cwd=users_repo, env=env)
+    assert merged.returncode == 0, merged.stderr
+    assert "a + b" in (users_repo / "calc.py").read_text()
+    status = normal_user.run(["git", "status", "--porcelain"], cwd=users_repo, env=env)  # (as root, it
+    assert status.returncode == 0 and status.stdout == ""                             # would rewrite the index)
+    foreign = [os.path.join(t, n) for t, ds, fs in os.walk(users_repo) for n in ds + fs
+               if os.lstat(os.path.join(t, n)).st_uid != UID]
+    assert foreign == []
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="only root can act on another user's repository")
