@@ -21,10 +21,12 @@ VIOLATIONS = {
 
 
 def check_of(path):
-    for line in open(path):
-        if line.startswith("check: "):
-            return line[len("check: "):].strip()
-    return None
+    """The check as the gate reads it (intent.prohibitions: front matter, or a check: line)."""
+    from factory import intent
+    rel = os.path.relpath(path, ROOT)
+    with open(path, "rb") as f:
+        (found,) = intent.prohibitions({rel: f.read()})
+    return found["check"]
 
 
 def run_check(cmd):
