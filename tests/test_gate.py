@@ -238,3 +238,16 @@ def test_what_the_checks_print_is_redacted_everywhere_the_verdict_goes(repo, too
     assert token not in p.stdout and token not in p.stderr
     assert token not in git(repo, "show", f"{v['record']}:run.json") + git(repo, "show", f"{v['record']}:log-tail.txt")
     assert token not in json.dumps(show(repo, tool_env, issue_id))
+
+
+@docker
+def test_terminal_escapes_and_control_bytes_in_the_output_never_reach_the_issue(repo, tool_env):
+    from factory import contracts
+    noisy = ("import sys, unittest\n\n\nclass N(unittest.TestCase):\n    def test_noise(self):\n"
+             "        sys.stderr.write('\\x1b[31mred\\x1b[0m\\x00\\x07 bell\\r\\n')\n        self.fail('noisy')\n")
+    issue_id = in_review(repo, tool_env, {"calc.py": FIXED, "test_noise.py": noisy})
+    _, (v,) = gate(repo, tool_env, issue_id)
+    assert v["verdict"] == "refuse"
+    comment = show(repo, tool_env, issue_id)["comments"][-1]["text"]
+    assert "red" in comment and "\x1b" not in comment and "\x00" not in comment
+    contracts.validate_comment(comment)  # what a peer pulling this issue checks

@@ -11,9 +11,10 @@ what they print and their exit codes.
 from __future__ import annotations
 
 import os
+import re
 import time
 
-from . import agentrepo, images, sandbox
+from . import agentrepo, contracts, images, sandbox
 
 OUTPUT_TAIL_CHARS = 4000   # what a verdict keeps of a check's output: its end, where failures show
 CHECK_BRANCH = "factory-check"
@@ -116,8 +117,19 @@ def _result(check: dict, code: int | None, timed_out: bool, output: str, seconds
             "seconds": round(seconds, 3)}
 
 
+# Terminal escapes (colours, cursor moves, titles): what test runners print on a tty.
+_ESCAPES = re.compile(r"\x1b(\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(\x07|\x1b\\)?|[@-Z\\-_])")
+
+
+def printable(text: str) -> str:
+    """Output as text a comment may hold: escapes dropped, other control characters but
+    tab and newline shown as '?' (a comment is validated as text wherever it travels)."""
+    text = _ESCAPES.sub("", text).replace("\r\n", "\n")
+    return contracts.BODY_CONTROL_RE.sub("?", text.replace("\r", "\n"))
+
+
 def tail(text: str, limit: int = OUTPUT_TAIL_CHARS) -> str:
-    text = text.rstrip()
+    text = printable(text).rstrip()
     if len(text) <= limit:
         return text
     cut = text[-limit:]

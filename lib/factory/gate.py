@@ -125,7 +125,7 @@ def protected_paths(changed: list[str], base_files: set[str], commands: list[str
 
 def _check(name: str, kind: str, ok: bool, output: str, *, command=None, path=None, exit_code=None) -> dict:
     return {"name": name, "kind": kind, "command": command, "path": path, "exit_code": exit_code, "ok": ok,
-            "timed_out": False, "output_tail": output, "seconds": 0.0}
+            "timed_out": False, "output_tail": checkrun.printable(output), "seconds": 0.0}
 
 
 _VOLATILE = [(re.compile(r"0x[0-9a-fA-F]+|\b[0-9a-f]{7,64}\b"), "H"),   # addresses, commit ids
@@ -323,9 +323,10 @@ def comment_text(verdict: dict) -> str:
 
 def issue_verdict(verdict: dict) -> dict:
     """What the issue keeps of a verdict (contracts.ISSUE_VERDICT_KEYS)."""
-    return {"verdict": verdict["verdict"], "head": verdict["head"], "base": verdict["base"],
-            "fingerprint": verdict["fingerprint"], "record": verdict["record"], "at": verdict["ended"],
-            "summary": verdict["reason"][:1000], "needs_approval": verdict["needs_approval"]}
+    return contracts._field("verdict", {
+        "verdict": verdict["verdict"], "head": verdict["head"], "base": verdict["base"],
+        "fingerprint": verdict["fingerprint"], "record": verdict["record"], "at": verdict["ended"],
+        "summary": checkrun.printable(verdict["reason"])[:1000], "needs_approval": verdict["needs_approval"]})
 
 
 class Stale(Exception):
@@ -356,7 +357,8 @@ def settle(store: IssueStore, verdict: dict, budgets: dict, actor: str, extra=No
         evs = [make_event("set", actor, after=last, fields=fields)]
         evs.append(make_event("runs", actor, after=evs[-1]["at"], add=[verdict["run"]]))
         if verdict["verdict"] == "refuse":
-            evs.append(make_event("comment", actor, after=evs[-1]["at"], text=comment_text(verdict)))
+            evs.append(make_event("comment", actor, after=evs[-1]["at"],
+                                  text=contracts.validate_comment(checkrun.printable(comment_text(verdict)))))
         if extra:
             evs += extra(cur, evs[-1]["at"])
         return evs
