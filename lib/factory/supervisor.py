@@ -133,6 +133,7 @@ class Supervisor:
         self.postmortems: list[dict] = []  # failed runs and refusals waiting for factory-postmortem
         self.gate_held: dict[str, tuple] = {}  # issue -> (head, until): a gate that reached no verdict
         self.merge_waits: str | None = None    # merge: auto, and main's work tree is not clean
+        self.gate_seen, self.gate_recheck_at, self.gate_cached = None, 0.0, []
 
     # -- the only supervisor ---------------------------------------------------------
 
@@ -418,6 +419,13 @@ class Supervisor:
         if not self.cfg["slots"]["gate"] or self.engine_down:
             return []
         auto = self.cfg["merge"] == "auto"
+        # Read again only when an issue or a branch moved, or a held gate's pause ended:
+        # idle, the supervisor starts no process.
+        seen = (auto, tuple(_mtime(os.path.join(self.repo.common_dir, p)) for p in
+                            ("refs/factory/issues", "refs/heads", "refs/heads/factory", "packed-refs")))
+        if seen == self.gate_seen and time.monotonic() < self.gate_recheck_at:
+            return self.gate_cached
+        self.gate_seen, self.gate_recheck_at = seen, time.monotonic() + 60
         out = []
         for issue in self.store.all():
             if issue["state"] != "review" or not issue.get("branch"):
@@ -425,12 +433,15 @@ class Supervisor:
             head = self.repo.resolve("refs/heads/" + issue["branch"])
             held = self.gate_held.get(issue["id"])
             if head is None or (held and held[0] == head and time.monotonic() < held[1]):
+                if held:
+                    self.gate_recheck_at = min(self.gate_recheck_at, held[1])
                 continue
             v = issue.get("verdict") or {}
             approved = (issue.get("approved") or {}).get("head") in (head, None) and issue.get("approved")
             judged = v.get("head") == head and not (v.get("needs_approval") and approved)
             if not judged or (auto and v.get("verdict") == "pass"):
                 out.append(issue)
+        self.gate_cached = out
         return out
 
     def fill_gates(self) -> None:
@@ -438,6 +449,10 @@ class Supervisor:
         running = [a for a in self.agents if a.phase == "gate"]
         auto = self.cfg["merge"] == "auto"
         if len(running) >= self.cfg["slots"]["gate"] or (auto and running):
+            return
+        candidates = self.gate_candidates()
+        if not candidates:
+            self.merge_waits = None
             return
         if auto:
             from .gate import default_ref
@@ -448,7 +463,7 @@ class Supervisor:
             if busy:
                 return
         busy_ids = {a.issue["id"] for a in running}
-        for issue in self.gate_candidates():
+        for issue in candidates:
             if issue["id"] in busy_ids:
                 continue
             self.start_gate(issue, merge=auto)
