@@ -83,3 +83,20 @@ def test_a_false_claim_is_refused_retried_with_the_verdict_then_failed(tmp_path,
     assert "refused by the gate" not in texts[0] and "refused by the gate" in texts[1]
     assert "AssertionError" in texts[1]
     assert git(repo, "rev-parse", "main") == main_before and (repo / "calc.py").read_text() == CALC
+
+
+def test_with_a_dirty_main_the_queue_waits_saying_why_and_touches_nothing(tmp_path, tool_env):
+    repo = loop_repo(tmp_path, "merge: auto\nslots:\n  postmortem: 0\n")
+    mine = "# my notes, not committed\n"
+    with ScriptedModel([agent(FIX)] * 10) as api:
+        env = spawn_env(tool_env, api, tmp_path / "runs", FACTORY_CPUS="64", FACTORY_MEMORY="256g")
+        issue = file_issue(repo, env)
+        (repo / "test_calc.py").write_text((repo / "test_calc.py").read_text() + mine)
+        p = run_until_idle(repo, env)
+        assert "merge waits: work tree" in p.stderr and "uncommitted changes" in p.stderr, p.stderr
+        assert show(repo, env, issue["id"])["state"] == "review"
+        assert (repo / "test_calc.py").read_text().endswith(mine) and (repo / "calc.py").read_text() == CALC
+        git(repo, "checkout", "--", "test_calc.py")        # the user is done with their edit
+        run_until_idle(repo, env)
+    assert show(repo, env, issue["id"])["state"] == "done"
+    assert "a + b" in (repo / "calc.py").read_text() and git(repo, "status", "--porcelain") == ""
