@@ -251,3 +251,13 @@ def test_terminal_escapes_and_control_bytes_in_the_output_never_reach_the_issue(
     comment = show(repo, tool_env, issue_id)["comments"][-1]["text"]
     assert "red" in comment and "\x1b" not in comment and "\x00" not in comment
     contracts.validate_comment(comment)  # what a peer pulling this issue checks
+
+
+def test_the_files_a_check_runs_are_protected_like_the_checks_themselves():
+    from factory.gate import protected_paths
+    base_files = {"scripts/check.sh", "Makefile", "calc.py", "intent/principles/a.md"}
+    changed = ["scripts/check.sh", "calc.py", "intent/principles/a.md", "factory.yaml", "docs/x.md", "Makefile"]
+    got = protected_paths(changed, base_files, ["bash ./scripts/check.sh --strict", "python3 -m pytest -q"])
+    assert got == ["scripts/check.sh", "intent/principles/a.md", "factory.yaml"]
+    assert "Makefile" in protected_paths(changed, base_files, ["make -f Makefile test"])
+    assert protected_paths(["calc.py"], base_files, ["echo 'unbalanced"]) == []  # shlex fails: words split
