@@ -47,6 +47,10 @@ SPAWN_BAD_TASK = USAGE           # the task itself was refused: running it again
 SPAWN_NOT_RUN = 7                # someone else holds the issue
 SPAWN_CONFIG = EX_CONFIG         # factory.yaml is invalid, or ANTHROPIC_API_KEY is unset
 
+# -- factory-postmortem -------------------------------------------------------------------
+POSTMORTEM_FAILED = NO           # some failure got no postmortem (git or the store failed); the others did
+POSTMORTEM_CONFIG = EX_CONFIG    # factory.yaml is invalid; nothing was written
+
 # -- factory start ------------------------------------------------------------------------
 START_ALREADY_RUNNING = 3
 START_CANNOT_FIT = EX_UNAVAILABLE  # --until-idle: ready work can never run on this machine
