@@ -7,8 +7,8 @@ import sys
 import click
 
 from . import contracts
-from .cli import CONTEXT_SETTINGS, BadInput, Failed, emit, open_repo, read_json_lines, repo_option, run_main, say, \
-    stdin_is_data
+from .cli import (CONTEXT_SETTINGS, BadInput, Failed, emit, open_repo, read_json_lines, repo_option, run_main, say,
+                  stdin_is_data)
 from .exits import POSTMORTEM_CONFIG, POSTMORTEM_FAILED
 
 TOOL = "factory-postmortem"

@@ -528,7 +528,7 @@ def postmortem_input(obj) -> tuple[str, dict]:
     if "status" in obj and "run" in obj:
         _run_id("run", obj["run"])
         _choice("status", obj["status"], RUN_STATUSES)
-        _one_line("kind", obj.get("kind"), 64)
+        _nullable("kind", obj.get("kind"), lambda k, v: _one_line(k, v, 64))
         _text("reason", obj.get("reason", ""), max_chars=MAX_REASON_CHARS)
         _nullable("issue", obj.get("issue"), _issue_id)
         _nullable("base", obj.get("base"), _oid)

@@ -29,7 +29,7 @@ import re
 from dataclasses import dataclass, field
 
 from . import contracts, intent
-from .gitstore import RefConflict, Repo
+from .gitstore import GitError, RefConflict, Repo
 from .issues import IssueStore, make_event
 
 SECTIONS = {"principle": "principles", "prohibition": "prohibitions"}
@@ -130,11 +130,13 @@ def count(lesson: Lesson, name: str) -> int:
 
 @dataclass
 class Where:
-    """Where a root cause's lesson stands now, and what its next change goes on top of."""
-    lesson: Lesson
+    """Where a root cause's lesson stands now, and what its next change goes on top of.
+    Whatever changes is then moved only from the branch_tip read here: a writer who
+    moved the branch since (say, to write this very lesson) makes the move fail."""
+    lesson: Lesson | None         # None: no lesson yet
     files: dict[str, bytes]       # intent/ at `tip`
-    tip: str                      # the commit the next change goes on top of
-    branch_tip: str | None        # the lesson branch's commit now (None: no such branch)
+    tip: str | None               # the commit the next change goes on top of
+    branch_tip: str | None        # the lesson branch's commit as read (None: no such branch)
     pending: bool                 # on its branch, not on main yet
     issue: dict | None            # the lesson's active issue, if any
 
@@ -147,9 +149,9 @@ def active_issue(store: IssueStore, fingerprint: str) -> dict | None:
     return None
 
 
-def locate(repo: Repo, store: IssueStore, fingerprint: str, main_ref: str) -> Where | None:
+def locate(repo: Repo, store: IssueStore, fingerprint: str, main_ref: str) -> Where:
     """The root cause's lesson: pending on its branch (its issue active, the branch not
-    merged), else on main, else None."""
+    merged), else on main, else none (lesson None)."""
     branch = branch_for(fingerprint)
     btip = repo.resolve("refs/heads/" + branch)
     main = repo.resolve(main_ref)
@@ -164,7 +166,7 @@ def locate(repo: Repo, store: IssueStore, fingerprint: str, main_ref: str) -> Wh
         lesson = find(files, fingerprint)
         if lesson:
             return Where(lesson, files, main, btip, False, issue)
-    return None
+    return Where(None, {}, main, btip, False, issue)
 
 
 def recurrence(repo: Repo, lesson: Lesson, started_from: str | None) -> str:
@@ -220,19 +222,19 @@ def record(repo: Repo, store: IssueStore, fingerprint: str, evidence: dict, *, m
     for _ in range(MAX_ATTEMPTS):
         where = locate(repo, store, fingerprint, main_ref)
         try:
-            if where is not None:
-                return _add(repo, store, where, evidence, started_from, main_ref, actor)
+            if where.lesson is not None:
+                return _add(repo, store, where, evidence, started_from, actor)
             if write_new is None:
                 return None
             if new is None:
                 new = write_new()  # at most once: a model's postmortem costs money
-            return _create(repo, store, new, evidence, main_ref, actor)
+            return _create(repo, store, new, evidence, where, main_ref, actor)
         except (_Replan, RefConflict):
             continue
     raise RefConflict(f"gave up after {MAX_ATTEMPTS} write conflicts on {branch_for(fingerprint)}; try again")
 
 
-def _add(repo, store, where: Where, evidence: dict, started_from, main_ref, actor) -> Result:
+def _add(repo, store, where: Where, evidence: dict, started_from, actor) -> Result:
     lesson = where.lesson
     pm_path = lesson.meta.get("postmortem") if isinstance(lesson.meta.get("postmortem"), str) else None
     branch = branch_for(lesson.fingerprint)
@@ -265,15 +267,17 @@ def _add(repo, store, where: Where, evidence: dict, started_from, main_ref, acto
     return Result(updated, pm_path, False, rec, branch, commit, issue_id)
 
 
-def _create(repo, store, new: NewLesson, evidence: dict, main_ref: str, actor: str) -> Result:
-    main = repo.resolve(main_ref)
+def _create(repo, store, new: NewLesson, evidence: dict, where: Where, main_ref: str, actor: str) -> Result:
+    main = where.tip
     if main is None:
-        raise RefConflict(f"'{main_ref}' is not a commit")
+        raise GitError(f"'{main_ref}' is not a commit: there is no main to put the lesson on")
     files = repo.read_tree(main, intent.INTENT_DIR + "/")
     k = key(new.fingerprint)
     day = evidence["at"][:10]
-    lesson_path = f"{intent.INTENT_DIR}/{SECTIONS[new.kind]}/{slug(new.title)}-{k[:6]}.md"
-    pm_path = f"{intent.INTENT_DIR}/postmortems/{day}-{slug(new.postmortem_title)}-{k[:6]}.md"
+    # Named by title and root cause, so that lessons pending on different branches never
+    # add the same path; the longer key only where a file of another cause has the name.
+    lesson_path = _free(files, f"{intent.INTENT_DIR}/{SECTIONS[new.kind]}/{slug(new.title)}", k)
+    pm_path = _free(files, f"{intent.INTENT_DIR}/postmortems/{day}-{slug(new.postmortem_title)}", k)
     meta = {"fingerprint": new.fingerprint, "kind": new.kind}
     if new.kind == "prohibition":
         meta["check"] = new.check
@@ -286,17 +290,22 @@ def _create(repo, store, new: NewLesson, evidence: dict, main_ref: str, actor: s
                "lesson": lesson_path, "factual": new.factual, **new.postmortem_meta}
     pm_text = intent.with_front_matter(pm_meta, f"# Postmortem: {new.postmortem_title}\n\n"
                                                 f"{new.postmortem_body.strip()}\n")
-    for path in (lesson_path, pm_path):
-        if path in files:  # the same title and root cause, written by someone else: look again
-            raise _Replan()
     commit = repo.commit_files(main, {lesson_path: lesson.text().encode(), pm_path: pm_text.encode()},
                                f"Lesson: {new.title}\n\nA {new.kind} learned from {_describe(evidence)}.\n"
                                f"Postmortem: {pm_path}\nFingerprint: {new.fingerprint}\n")
     branch = branch_for(new.fingerprint)
     comment = f"factory-postmortem proposes this {new.kind}, learned from {_describe(evidence)}."
-    issue_id = _land(repo, store, lesson, branch, commit, repo.resolve("refs/heads/" + branch), comment, actor,
+    issue_id = _land(repo, store, lesson, branch, commit, where.branch_tip, comment, actor,
                      body=_issue_body(lesson, pm_path, new.notes))
     return Result(lesson, pm_path, True, None, branch, commit, issue_id)
+
+
+def _free(files: dict, stem: str, k: str) -> str:
+    for path in (f"{stem}-{k[:6]}.md", f"{stem}-{k}.md"):
+        if path not in files:
+            return path
+    raise GitError(f"'{stem}-{k}.md' exists already but is no lesson of this root cause; "
+                   "move it aside, then run factory-postmortem again")
 
 
 def _land(repo, store: IssueStore, lesson: Lesson, branch: str, commit: str, old: str | None, comment: str,

@@ -178,8 +178,9 @@ def factual(f: Failure, issue: dict | None, why: str) -> dict:
                  f"gate against {o.get('ref') or 'main'} at {f.base[:12]}.")
         what = [f"The gate refused it: {f.reason}"]
         for c in failed:
-            what.append(f"\n- {c.get('kind') or 'check'} `{c['name']}`" + (f": `{c['command']}`" if c.get("command") else "")
-                        + f" exited {c.get('exit_code')}" + (" (timed out)" if c.get("timed_out") else "")
+            cmd = f": `{_short(c['command'], 200)}`" if c.get("command") else ""
+            what.append(f"\n- {c.get('kind') or 'check'} `{c['name']}`{cmd} exited {c.get('exit_code')}"
+                        + (" (timed out)" if c.get("timed_out") else "")
                         + ":\n\n" + excerpt(c.get("output_tail") or ""))
         lesson, should = _verdict_lesson(f, first)
         cause = ("As recorded: " + (f"`{first['name']}` failed with: {first_failing_line(first.get('output_tail'))}"
@@ -316,6 +317,9 @@ def keep_check(repo: Repo, cfg: dict, f: Failure, lesson: dict, log) -> tuple[di
         why = "there is no failed commit apart from the base to try its check on"
     else:
         from . import checkrun
+        # Run as the gate will run it (its kind's container and limits, FACTORY_BASE and
+        # FACTORY_HEAD set), on the head alone: the failure is the head's, and the merge
+        # result the gate judged may be gone.
         timeout = cfg["postmortem"]["check_timeout_seconds"]
         try:
             on_head = checkrun.run_checks(repo, cfg, f.head, [{"name": "lesson", "command": check}],

@@ -162,7 +162,8 @@ def postmortem_message(facts: dict, issue: dict | None, token=None) -> str:
     if facts.get("fields"):
         parts.append("\n".join(f"{name}: {hidden.reveal(str(value))}" for name, value in facts["fields"]))
     if issue:
-        parts.append(f"The issue the agent worked on ({issue.get('id')}): {hidden.reveal(str(issue.get('title') or ''))}\n"
+        title = hidden.reveal(str(issue.get("title") or ""))
+        parts.append(f"The issue the agent worked on ({issue.get('id')}): {title}\n"
                      + hidden.reveal(str(issue.get("body") or "(no description)")))
     for o in facts.get("outputs", []):
         parts.append(f"--- {hidden.reveal(str(o['title']))} ---\n{hidden.reveal(str(o['text'] or '(no output)'))}")
