@@ -223,6 +223,32 @@ def test_failed_only_passes_every_non_failure_through_unchanged(refused, tool_en
     assert outs[0] == others[0] and outs[2] == others[2] and outs[1]["kind"] == "postmortem"
 
 
+def test_an_upstream_error_record_passes_through_and_the_pipe_fails(refused, tool_env):
+    repo, issue, base, head = refused
+    bad = {"ok": False, "error": "stdin line 2: not JSON", "line": 2}
+    v = verdict(repo, issue, base, head)
+    code, outs, err = run_postmortem(repo, no_model(tool_env), bad, v, args=["--failed-only"])
+    assert code == 1 and outs[0] == bad and outs[1]["kind"] == "postmortem"
+    code, outs, _ = run_postmortem(repo, no_model(tool_env), bad)
+    assert code == 2 and outs == [], "without --failed-only it is no input this tool takes"
+
+
+def test_a_refusal_of_a_lessons_own_branch_is_no_failure(refused, tool_env):
+    repo, issue, base, head = refused
+    env = no_model(tool_env)
+    code, (a,), err = run_postmortem(repo, env, verdict(repo, issue, base, head), args=["--factual"])
+    assert code == 0, err
+    lesson_issue = issue_show(repo, env, a["lesson_issue"])
+    refusal = dict(verdict(repo, issue, base, head), issue=lesson_issue["id"], head=a["commit"],
+                   branch=a["branch"], fingerprint="gate:0000000000000001", run="20261202T190000Z-0000ee01",
+                   checks=[dict(verdict(repo, issue, base, head)["checks"][0], name="a lesson's check")])
+    before = refs(repo)
+    code, outs, err = run_postmortem(repo, env, refusal, args=["--failed-only"])
+    assert code == 0 and outs == [refusal] and refs(repo) == before
+    code, outs, err = run_postmortem(repo, env, refusal)
+    assert code == 2 and "the refusal of a lesson's own branch is no failure" in err and refs(repo) == before
+
+
 @pytest.mark.parametrize("which", range(len(NON_FAILURES)))
 def test_without_failed_only_a_non_failure_is_refused_and_nothing_is_written(refused, tool_env, which):
     repo, issue, base, head = refused

@@ -23,7 +23,10 @@ run whose status is not ok (not one the factory's own trouble cut: infra). Every
 is checked before anything is written: one bad line, or (without --failed-only) one
 that is no failure, refuses the whole input with exit 2 and nothing written.
 --failed-only prints every input that is no failure back as it came (the same JSON
-object, compact), in order, so that the tool can end a pipe.
+object, compact), in order, so that the tool can end a pipe; so too an upstream
+filter's record of a line it could not take ({{"ok": false, "error": ...}}). A refusal
+of a lesson's own branch (its issue's source is postmortem:...) is no failure: a person
+looks at it.
 
 \b
 What happens, per failure: its root cause is named by a fingerprint (the verdict's; for
@@ -55,7 +58,8 @@ recurrences_before, recurrences_after. See docs/contracts.md.
 Exit codes:
   0   every failure has its postmortem (or joined its lesson's evidence)
   1   some failure could not be written (git or the issue store failed; each is named
-      on stderr); the others were
+      on stderr), or an upstream filter's error record was passed through; the other
+      lines were done
   2   usage or bad input: a line that is not JSON, not a run or a verdict, or names a
       commit this repository lacks, or (without --failed-only) is no failure; nothing
       was written
@@ -79,19 +83,27 @@ def cli(files, failed_only, factual, by, quiet):
     """Turn failed runs and refused branches into postmortems and lessons."""
     from .postmortem import failure_of, not_a_failure
     items = []  # (line, object, Failure or None)
+
+    def no_failure(where, why_not):
+        if not failed_only:
+            raise BadInput(TOOL, f"{where}: {why_not} is no failure; nothing was written (pass "
+                                 "--failed-only to pass such lines through)")
+
     for name, n, obj in _inputs(files):
+        where = f"{name} line {n}"
+        if failed_only and _error_record(obj):
+            items.append((where, obj, None))  # an upstream filter's word on a bad line: for the reader
+            continue
         try:
             kind, obj = contracts.postmortem_input(obj)
         except contracts.ContractError as e:
-            raise BadInput(TOOL, f"{name} line {n}: {e}; nothing was written")
+            raise BadInput(TOOL, f"{where}: {e}; nothing was written")
         why_not = not_a_failure(kind, obj)
-        if why_not and not failed_only:
-            raise BadInput(TOOL, f"{name} line {n}: {why_not} is no failure; nothing was written (pass "
-                                 "--failed-only to pass such lines through)")
-        items.append((f"{name} line {n}", obj, None if why_not else failure_of(kind, obj)))
-    failures = [f for _, _, f in items if f]
+        if why_not:
+            no_failure(where, why_not)
+        items.append((where, obj, None if why_not else failure_of(kind, obj)))
     repo = store = cfg = None
-    if failures:
+    if any(f for _, _, f in items):
         repo = open_repo(TOOL)
         from . import config
         try:
@@ -101,6 +113,12 @@ def cli(files, failed_only, factual, by, quiet):
         _check_commits(repo, items)
         from .issues import IssueStore
         store = IssueStore(repo, warn=lambda m: say(TOOL, m))
+        for n, (where, obj, f) in enumerate(items):
+            if f is not None and _lesson_issue(store, f.issue):
+                # A refused lesson is for a person to look at: a lesson about it would be
+                # judged by the same gate, and could refuse its way round forever.
+                no_failure(where, "the refusal of a lesson's own branch")
+                items[n] = (where, obj, None)
     from .env import get
     actor = by or get("FACTORY_ACTOR") or "factory-postmortem"
     log = (lambda m: None) if quiet else (lambda m: say(TOOL, m))
@@ -110,6 +128,7 @@ def cli(files, failed_only, factual, by, quiet):
     for where, obj, f in items:
         if f is None:
             emit(obj)
+            failed += _error_record(obj)  # the pipe failed upstream: its end says so too
             continue
         try:
             out = _one(repo, store, cfg, f, use_model=not factual, actor=actor, log=log, quiet=quiet)
@@ -144,6 +163,21 @@ def _inputs(files):
         name = "stdin" if src is sys.stdin or getattr(src, "name", "-") in ("-", "<stdin>") else src.name
         for n, obj in read_json_lines(TOOL, src, max_line_bytes=contracts.MAX_LINE_BYTES, name=name):
             yield name, n, obj
+
+
+def _error_record(obj) -> bool:
+    """A filter's record for a line it could not take: {"ok": false, "error": ..., "line": N}."""
+    return isinstance(obj, dict) and obj.get("ok") is False and isinstance(obj.get("error"), str)
+
+
+def _lesson_issue(store, issue_id) -> bool:
+    from .issues import IssueError
+    if not issue_id:
+        return False
+    try:
+        return store.get(issue_id)["source"].startswith("postmortem:")
+    except IssueError:
+        return False
 
 
 def _check_commits(repo, items):
