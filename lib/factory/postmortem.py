@@ -162,7 +162,7 @@ def facts(repo: Repo, f: Failure) -> dict:
                   ["turns", o.get("turns")], ["branch", o.get("branch")]]
         tail = _log_tail(repo, f)
         outputs = [{"title": "the end of the run's log", "text": tail[-6000:]}] if tail else []
-    return {"summary": summary, "fields": fields, "outputs": outputs}
+    return {"summary": summary, "fields": [[k, v] for k, v in fields if v is not None], "outputs": outputs}
 
 
 # -- writing it: the model, or the record alone -----------------------------------------
