@@ -2,10 +2,11 @@
 
 The loop runs on the host; only the tools' effects happen in the container. Tools are
 Anthropic's own bash and text-editor tools (the tool types the models are trained on)
-plus, for sensors and adversaries, report_finding. Every turn ends in one of: the model
-answers without a tool call (ok), a budget runs out (budget / timeout), the same calls
-keep coming back with the same results (stuck), the model cannot be reached after
-retries (error), or the container is gone (failed).
+plus, for sensors and adversaries, report_finding, and for the postmortem agent
+report_postmortem. Every turn ends in one of: the model answers without a tool call
+(ok), the postmortem agent reports its postmortem (ok), a budget runs out (budget /
+timeout), the same calls keep coming back with the same results (stuck), the model
+cannot be reached after retries (error), or the container is gone (failed).
 """
 
 from __future__ import annotations
@@ -38,6 +39,44 @@ FINDING_TOOL = {
     },
 }
 
+_PROSE = {"type": "string"}
+POSTMORTEM_TOOL = {
+    "name": "report_postmortem",
+    "description": "Report the postmortem of the failure you were shown, and the one lesson it teaches. "
+                   "Call it once, when you know the root cause; it ends your run. Be blameless and "
+                   "concrete: name files, commands and what they printed.",
+    "input_schema": {
+        "type": "object",
+        "properties": {
+            "title": {"type": "string", "description": "One line naming what went wrong."},
+            "what_was_tried": {**_PROSE, "description": "What the agent set out to do, and how."},
+            "what_failed": {**_PROSE, "description": "What failed, with the evidence (the check, its output)."},
+            "root_cause": {**_PROSE, "description": "Why it failed: the cause, not the symptom."},
+            "contributing_factors": {"type": "array", "items": {"type": "string"}, "maxItems": 10,
+                                     "description": "What made it likelier or harder to see (at most 10)."},
+            "what_should_have_happened": {**_PROSE, "description": "What the agent should have done instead."},
+            "lesson": {
+                "type": "object",
+                "description": "One rule for every later agent.",
+                "properties": {
+                    "kind": {"type": "string", "enum": ["principle", "prohibition"]},
+                    "title": {"type": "string", "description": "A short title for the rule (one line)."},
+                    "text": {"type": "string", "description": "The rule and why it matters, in a few sentences, "
+                                                              "addressed to an agent."},
+                    "check": {"type": ["string", "null"],
+                              "description": "For a prohibition: one shell command, run at the top of the "
+                                             "repository, that exits non-zero when the rule is broken and 0 "
+                                             "when it holds (it must fail on this commit and pass on the base "
+                                             "commit, or the lesson becomes a principle). Null otherwise."},
+                },
+                "required": ["kind", "title", "text", "check"],
+            },
+        },
+        "required": ["title", "what_was_tried", "what_failed", "root_cause", "contributing_factors",
+                     "what_should_have_happened", "lesson"],
+    },
+}
+
 REPO_DIR = editor.REPO_DIR     # where the repository is checked out in the container
 TOOL_TIMEOUT_S = 300          # one bash call, at most (less when the wall budget is nearer)
 TOOL_OUTPUT_BYTES = 30_000    # what a tool result may carry back to the model
@@ -46,7 +85,8 @@ CWD_MARK = "\x1efactory-cwd:"
 
 
 def tools_for(kind: str) -> list[dict]:
-    return [BASH_TOOL, EDITOR_TOOL] + ([FINDING_TOOL] if kind in ("sensor", "adversary") else [])
+    extra = {"sensor": [FINDING_TOOL], "adversary": [FINDING_TOOL], "postmortem": [POSTMORTEM_TOOL]}
+    return [BASH_TOOL, EDITOR_TOOL] + extra.get(kind, [])
 
 
 @dataclass
@@ -65,6 +105,7 @@ class Outcome:
     usage: Usage = field(default_factory=Usage)
     cost_usd: float = 0.0
     findings: list = field(default_factory=list)
+    postmortem: dict | None = None  # the postmortem agent's report, once it made a valid one
     transcript: list = field(default_factory=list)
     model_retries: int = 0       # retries of model requests, the failed last request's included
     infra: bool = False           # the factory's trouble, not the task's (the API key was refused)
@@ -97,6 +138,7 @@ class Agent:
         self.on_turn = on_turn
         self.cwd = REPO_DIR
         self.findings: list[dict] = []
+        self.postmortem: dict | None = None
         self.editor = editor.Editor(sandbox)
         # Called once before the first tool runs: the checkout is made while the first
         # model request is on its way, off the critical path (may raise ToolsUnavailable).
@@ -156,6 +198,9 @@ class Agent:
                 out.status, out.reason = "error", str(e)
                 break
             messages.append({"role": "user", "content": results})
+            if self.postmortem is not None:  # its one job is done: no turn is spent on a closing word
+                out.status, out.reason = "ok", "the postmortem was reported"
+                break
             signature = json.dumps([[c["name"], c["input"]] for c in calls] +
                                    [r["content"] for r in results], sort_keys=True)
             seen.append(signature)
@@ -165,6 +210,7 @@ class Agent:
                 break
         self._strip_cache_breakpoints(messages)
         out.findings = self.findings
+        out.postmortem = self.postmortem
         return out
 
     def _over_budget(self, out: Outcome):
@@ -210,6 +256,8 @@ class Agent:
                 text, is_error = self.editor(args), False
             elif name == "report_finding" and "report_finding" in {t["name"] for t in self.tools}:
                 text, is_error = self._finding(args)
+            elif name == "report_postmortem" and "report_postmortem" in {t["name"] for t in self.tools}:
+                text, is_error = self._postmortem(args)
             else:
                 text, is_error = (f"there is no tool named {name!r}; the tools are "
                                   f"{', '.join(t['name'] for t in self.tools)}"), True
@@ -280,6 +328,15 @@ class Agent:
         finding = {k: args[k] for k in ("title", "body", "severity", "fingerprint", "reproduction") if args.get(k)}
         self.findings.append(finding)
         return f"recorded finding {len(self.findings)}: {finding['title']}", False
+
+    def _postmortem(self, args: dict):
+        from .contracts import ContractError, validate_postmortem_report
+        try:
+            report = validate_postmortem_report(args)
+        except ContractError as e:
+            return f"the postmortem was not recorded: {e}. Call report_postmortem again with it fixed.", True
+        self.postmortem = report
+        return "recorded the postmortem", False
 
 
 class ToolInputError(Exception):

@@ -13,7 +13,7 @@ import click
 from .cli import CONTEXT_SETTINGS, EXIT_NO, BadInput, Failed, emit, load_config, open_repo, repo_option, run_main, say
 
 TOOL = "factory"
-BUILTINS = ("init", "status", "image", "start", "stop", "logs", "approve", "review", "merge")
+BUILTINS = ("init", "status", "image", "start", "stop", "logs", "approve", "review", "merge", "report")
 
 
 def tool_path(verb: str) -> str | None:
@@ -683,6 +683,49 @@ def _print_review(r: dict) -> None:
     for line in r["diffstat"].rstrip("\n").splitlines() or ["(no changes)"]:
         click.echo(f"    {line}")
     click.echo("")
+
+
+@cli.command(context_settings=CONTEXT_SETTINGS, epilog="""
+\b
+Is factory getting better? For people: the recorded failures (gate refusals and failed
+runs in refs/factory/runs/) by root cause, per day; each lesson (on the default branch,
+or pending on its factory/lesson-* branch) with its evidence and how often its root
+cause came back before and after it landed; and the postmortems whose lessons have not
+landed yet. Reads git only; changes nothing.
+
+\b
+--json: one object per lesson per line: lesson (its path), fingerprint, kind, title,
+landed, branch (a pending change, or null), issue, postmortem, factual, check, evidence
+(the failures it was learned from and that recurred: run, record, issue, head, base, at,
+recurrence), recurrences_before, recurrences_after, failures (recorded failures with its
+fingerprint). See docs/contracts.md.
+
+\b
+Exit codes:
+  0  printed
+  2  usage, or not in a git repository
+
+\b
+Examples:
+  factory report
+  factory report --json | jq 'select(.recurrences_after > 0) | .lesson'
+""")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per lesson per line.")
+@repo_option
+def report(as_json):
+    """Failures by root cause, lessons and their recurrences, open postmortems."""
+    from . import report as report_
+    from .issues import IssueStore
+    from .spawn import default_ref
+    repo = _repo()
+    store = IssueStore(repo, warn=lambda m: say(TOOL, m))
+    r = report_.build(repo, store, default_ref(repo))
+    if as_json:
+        for lesson in r["lessons"]:
+            emit(lesson)
+    else:
+        click.echo(report_.text(r))
+    return 0
 
 
 def _slot_status(repo, cfg) -> dict:

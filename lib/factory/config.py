@@ -229,6 +229,13 @@ SCHEMA: dict[str, Any] = {
         "checks": StrList([]),
         "timeout_seconds": Int(1800, min=1),
     },
+    "postmortem": {
+        "turns": Int(20, min=1),
+        "tokens": Int(500_000, min=1),
+        "cost_usd": Float(1.0),
+        "wall_seconds": Int(900, min=1),
+        "check_timeout_seconds": Int(600, min=1),
+    },
     "harvest": {
         "max_bytes": Size("64m", min="1k"),
         "exclude": StrList(list(DEFAULT_HARVEST_EXCLUDE)),
@@ -341,6 +348,17 @@ resources:
 gate:
   checks: []                    # e.g. ["python3 -m pytest -q", "ruff check ."]
   timeout_seconds: 1800         # for all checks of one verdict together
+
+# factory-postmortem: a failed run or a refused branch becomes a postmortem and a lesson.
+# The postmortem agent's budgets are small: it reads one failure and writes one page.
+# A prohibition it proposes keeps its check only if the check fails on the refused
+# head and passes on the base, each run in a fresh container within this time.
+postmortem:
+  turns: 20
+  tokens: 500000
+  cost_usd: 1.0
+  wall_seconds: 900
+  check_timeout_seconds: 600
 
 # What leaves an agent's container: its branch, as a git bundle.
 harvest:

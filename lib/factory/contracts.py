@@ -167,6 +167,11 @@ def _iso_time(field: str, value) -> str | None:
     return parsed.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+def iso_time(field: str, value) -> str | None:
+    """An ISO 8601 time with a zone, normalised to UTC with microseconds; ContractError otherwise."""
+    return _iso_time(field, value)
+
+
 def _field(name: str, value):
     """Validate one issue field; return its normalised value."""
     if name == "title":
@@ -430,3 +435,165 @@ def validate_task(obj) -> dict:
                     _text(f"{key}.{k}", obj[key][k], max_bytes=MAX_BODY_BYTES, single_line=k == "name")
             task[key] = obj[key]
     return task
+
+
+# -- input to factory-postmortem: a run JSON or a gate verdict ----------------------------
+
+RUN_STATUSES = ("ok", "failed", "timeout", "budget", "error", "stuck")
+RECORD_RE = re.compile(r"^refs/factory/runs/[A-Za-z0-9][A-Za-z0-9._:-]{0,127}\Z")
+MAX_REASON_CHARS = 64 * 1024
+MAX_OUTPUT_TAIL_BYTES = 256 * 1024
+MAX_CHECKS = 256
+
+
+def _nullable(field: str, value, check):
+    return None if value is None else check(field, value)
+
+
+def _one_line(field: str, value, max_chars: int = 255) -> str:
+    return _text(field, value, max_chars=max_chars, single_line=True)
+
+
+def _record(field: str, value) -> str:
+    if not isinstance(value, str) or not RECORD_RE.match(value):
+        raise ContractError(field, f"{quote(value)} is not a run record (refs/factory/runs/<run id>)")
+    return value
+
+
+def _run_id(field: str, value) -> str:
+    if not isinstance(value, str) or not RUN_ID_RE.match(value):
+        raise ContractError(field, f"{quote(value)} is not a run id")
+    return value
+
+
+def _issue_id(field: str, value) -> str:
+    if not isinstance(value, str) or not ID_RE.match(value):
+        raise ContractError(field, f"{quote(value)} is not a full issue id (12 hex digits)")
+    return value
+
+
+def _flag(field: str, value, default=None) -> bool:
+    if value is None and default is not None:
+        return default
+    if not isinstance(value, bool):
+        raise ContractError(field, "must be true or false")
+    return value
+
+
+def _gate_check(n: int, value) -> dict:
+    f = f"checks[{n}]"
+    if not isinstance(value, dict):
+        raise ContractError(f, "must be an object with name, ok and output_tail")
+    _one_line(f"{f}.name", value.get("name"), 1000)
+    _nullable(f"{f}.kind", value.get("kind"), _one_line)
+    _nullable(f"{f}.command", value.get("command"), lambda k, v: _text(k, v, max_bytes=MAX_BODY_BYTES))
+    _nullable(f"{f}.path", value.get("path"), _one_line)
+    code = value.get("exit_code")
+    if code is not None and (isinstance(code, bool) or not isinstance(code, int)):
+        raise ContractError(f"{f}.exit_code", "must be a whole number or null")
+    _flag(f"{f}.ok", value.get("ok"))
+    _flag(f"{f}.timed_out", value.get("timed_out"), default=False)
+    _text(f"{f}.output_tail", value.get("output_tail", ""), max_bytes=MAX_OUTPUT_TAIL_BYTES)
+    return value
+
+
+def postmortem_input(obj) -> tuple[str, dict]:
+    """One input of factory-postmortem: ("verdict", obj) for a gate verdict (it has a
+    "verdict" key), ("run", obj) for a run JSON as factory-spawn prints it. Checks the
+    fields factory-postmortem reads (others pass untouched: the shapes only grow);
+    raises ContractError naming the first that is wrong."""
+    if not isinstance(obj, dict):
+        raise ContractError("input", f"must be a JSON object (a run or a gate verdict), not {type(obj).__name__}")
+    if "verdict" in obj:
+        _choice("verdict", obj["verdict"], VERDICTS)
+        if obj.get("kind", "gate") != "gate":
+            raise ContractError("kind", f"a verdict's kind is 'gate', not {quote(obj.get('kind'))}")
+        _issue_id("issue", obj.get("issue"))
+        _oid("head", obj.get("head"))
+        _oid("base", obj.get("base"))
+        _flag("needs_approval", obj.get("needs_approval"), default=False)
+        _text("reason", obj.get("reason"), max_chars=MAX_REASON_CHARS)
+        _nullable("title", obj.get("title"), lambda k, v: _one_line(k, v, MAX_TITLE_CHARS))
+        _nullable("fingerprint", obj.get("fingerprint"), lambda k, v: _one_line(k, v, MAX_FINGERPRINT_CHARS))
+        _nullable("ref", obj.get("ref"), _one_line)
+        _nullable("branch", obj.get("branch"), check_branch_name)
+        _nullable("run", obj.get("run"), _run_id)
+        _nullable("record", obj.get("record"), _record)
+        checks = obj.get("checks", [])
+        if not isinstance(checks, list) or len(checks) > MAX_CHECKS:
+            raise ContractError("checks", f"must be a list of at most {MAX_CHECKS} check results")
+        for n, c in enumerate(checks):
+            _gate_check(n, c)
+        return "verdict", obj
+    if "status" in obj and "run" in obj:
+        _run_id("run", obj["run"])
+        _choice("status", obj["status"], RUN_STATUSES)
+        _nullable("kind", obj.get("kind"), lambda k, v: _one_line(k, v, 64))
+        _text("reason", obj.get("reason", ""), max_chars=MAX_REASON_CHARS)
+        _nullable("issue", obj.get("issue"), _issue_id)
+        _nullable("base", obj.get("base"), _oid)
+        _nullable("commit", obj.get("commit"), _oid)
+        _nullable("ref", obj.get("ref"), _one_line)
+        _nullable("record", obj.get("record"), _record)
+        _flag("infra", obj.get("infra"), default=False)
+        return "run", obj
+    raise ContractError("input", "is neither a gate verdict (it has \"verdict\") nor a run (it has \"run\" "
+                                 "and \"status\"); pipe in what factory-gate or factory-spawn print")
+
+
+# -- what a postmortem agent reports (its report_postmortem tool) -------------------------
+
+LESSON_KINDS = ("principle", "prohibition")
+POSTMORTEM_SECTIONS = ("what_was_tried", "what_failed", "root_cause", "what_should_have_happened")
+POSTMORTEM_REPORT_FIELDS = ("title",) + POSTMORTEM_SECTIONS[:3] + ("contributing_factors",) \
+    + POSTMORTEM_SECTIONS[3:] + ("lesson",)
+LESSON_FIELDS = ("kind", "title", "text", "check")
+MAX_SECTION_BYTES = 8 * 1024
+MAX_FACTORS = 10
+MAX_FACTOR_CHARS = 1000
+MAX_LESSON_TITLE_CHARS = 120
+MAX_LESSON_TEXT_BYTES = 4 * 1024
+MAX_CHECK_CHARS = 1000
+
+
+def validate_postmortem_report(obj) -> dict:
+    """A postmortem as the postmortem agent reports it, checked whole (every field, its
+    type and size; no other field): what it says lands in every later agent's prompt.
+    Raises ContractError naming the field."""
+    if not isinstance(obj, dict):
+        raise ContractError("report", "must be an object")
+    unknown = [k for k in obj if k not in POSTMORTEM_REPORT_FIELDS]
+    if unknown:
+        raise ContractError(unknown[0], f"is not a field of a postmortem ({', '.join(POSTMORTEM_REPORT_FIELDS)})")
+    missing = [k for k in POSTMORTEM_REPORT_FIELDS if k not in obj]
+    if missing:
+        raise ContractError(missing[0], "is missing; a postmortem needs " + ", ".join(POSTMORTEM_REPORT_FIELDS))
+    out = {"title": _text("title", obj["title"], max_chars=MAX_TITLE_CHARS, single_line=True,
+                          empty_ok=False).strip()}
+    for k in POSTMORTEM_SECTIONS:
+        out[k] = _text(k, obj[k], max_bytes=MAX_SECTION_BYTES, empty_ok=False).strip()
+    factors = obj["contributing_factors"]
+    if not isinstance(factors, list) or len(factors) > MAX_FACTORS:
+        raise ContractError("contributing_factors", f"must be a list of at most {MAX_FACTORS} strings")
+    out["contributing_factors"] = [_text(f"contributing_factors[{n}]", f, max_chars=MAX_FACTOR_CHARS,
+                                         empty_ok=False).strip() for n, f in enumerate(factors)]
+    lesson = obj["lesson"]
+    if not isinstance(lesson, dict):
+        raise ContractError("lesson", "must be an object with " + ", ".join(LESSON_FIELDS))
+    unknown = [k for k in lesson if k not in LESSON_FIELDS]
+    if unknown:
+        raise ContractError(f"lesson.{unknown[0]}", f"is not a field of a lesson ({', '.join(LESSON_FIELDS)})")
+    missing = [k for k in LESSON_FIELDS if k not in lesson]
+    if missing:
+        raise ContractError(f"lesson.{missing[0]}", "is missing (check may be null)")
+    check = lesson["check"]
+    if check is not None:
+        check = _text("lesson.check", check, max_chars=MAX_CHECK_CHARS, single_line=True, empty_ok=False).strip()
+    out["lesson"] = {
+        "kind": _choice("lesson.kind", lesson["kind"], LESSON_KINDS),
+        "title": _text("lesson.title", lesson["title"], max_chars=MAX_LESSON_TITLE_CHARS, single_line=True,
+                       empty_ok=False).strip(),
+        "text": _text("lesson.text", lesson["text"], max_bytes=MAX_LESSON_TEXT_BYTES, empty_ok=False).strip(),
+        "check": check,
+    }
+    return out

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import os
 
-# Every variable factory reads (FACTORY_SLOT* are set by factory-slot for its command).
+# Every variable factory reads (FACTORY_SLOT* are set by factory-slot for its command;
+# FACTORY_BASE and FACTORY_HEAD by factory for a check's command).
 VARIABLES = {
     "FACTORY_REPO": "the repository the tools act on (default: the current directory's)",
     "FACTORY_CONFIG": "the config file (default: factory.yaml at the top of the work tree)",
@@ -32,6 +33,8 @@ VARIABLES = {
     "FACTORY_MEMORY": "the memory leases may take, below the machine's (512m, 8g)",
     "FACTORY_SLOT": "set for factory-slot's command: the lease (kind.number)",
     "FACTORY_DEBIAN_MIRROR": "the Debian mirror an offline image build uses",
+    "FACTORY_BASE": "set for a check's command, in its container: the commit of main it is judged against",
+    "FACTORY_HEAD": "set for a check's command, in its container: the branch's commit",
 }
 
 # Variables factory sets, never reads: for the gate's checks, in their container.

@@ -51,6 +51,10 @@ SPAWN_CONFIG = EX_CONFIG         # factory.yaml is invalid, or ANTHROPIC_API_KEY
 GATE_REFUSED = NO                # at least one issue was refused, or waits for approval
 GATE_ERROR = 5                   # no verdict could be reached: the factory's trouble (as spawn's error)
 
+# -- factory-postmortem -------------------------------------------------------------------
+POSTMORTEM_FAILED = NO           # some failure got no postmortem (git or the store failed); the others did
+POSTMORTEM_CONFIG = EX_CONFIG    # factory.yaml is invalid; nothing was written
+
 # -- factory start ------------------------------------------------------------------------
 START_ALREADY_RUNNING = 3
 START_CANNOT_FIT = EX_UNAVAILABLE  # --until-idle: ready work can never run on this machine

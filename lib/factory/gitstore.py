@@ -232,6 +232,13 @@ class Repo:
                        input=("\n".join(tips) + "\n").encode())
         return {ids[0]: ids[1:] for ids in (line.split() for line in out.decode().splitlines()) if ids}
 
+    def merge_base(self, a: str, b: str) -> str | None:
+        """The best common ancestor of two commits, or None when they have none."""
+        check_arg(a, "rev")
+        check_arg(b, "rev")
+        out = self.git("merge-base", "--end-of-options", a, b, check=False).decode().strip()
+        return out.split()[0] if out else None
+
     def log_messages(self, *revs: str) -> list[tuple[str, list[str], str]]:
         """(commit, parents, message) for every commit reachable from revs, newest first."""
         for rev in revs:

@@ -14,7 +14,8 @@ Hidden content is:
 - other format characters (category Cf, such as the soft hyphen), variation selectors
   U+E0100..U+E01EF (invisible, and able to carry bytes), Hangul fillers, and control
   characters other than tab and newline.
-- text that imitates the tags that fence issue text in a prompt (`</untrusted-issue-text>`):
+- text that imitates the tags that fence issue text (`</untrusted-issue-text>`) or a
+  failure's evidence (`</untrusted-evidence>`) in a prompt:
   with a per-message nonce it cannot close a fence, but it shows intent.
 """
 
@@ -27,8 +28,8 @@ LABEL = "hidden-content"
 
 HTML_COMMENT = re.compile(r"<!--[\s\S]*?(?:-->|\Z)")
 # Our fence tags, with or without a nonce; a bare <comment> is ordinary XML, not ours.
-FENCE_TAG = re.compile(r"</?\s*(?:untrusted-issue[\w-]*|issue-text[\w-]*|comment-[0-9a-f]{6,})\b[^>]*>",
-                       re.IGNORECASE)
+FENCE_TAG = re.compile(r"</?\s*(?:untrusted-issue[\w-]*|untrusted-evidence[\w-]*|issue-text[\w-]*|"
+                       r"comment-[0-9a-f]{6,})\b[^>]*>", re.IGNORECASE)
 # Characters outside printable ASCII, tab, CR and newline: the only candidates.
 _CANDIDATE = re.compile(r"[^\t\n\r\x20-\x7e]")
 

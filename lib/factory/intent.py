@@ -7,6 +7,7 @@ prompts are built from it.
 from __future__ import annotations
 
 import os
+import re
 
 INTENT_DIR = "intent"
 
@@ -20,9 +21,10 @@ SECTIONS = {
                     "non-zero. What the branch changes is `git diff $FACTORY_BASE HEAD`:\n\n"
                     "    ---\n    check: test -z \"$(git diff --name-only --diff-filter=D \"$FACTORY_BASE\" HEAD "
                     "-- tests/)\"\n    ---\n    # No test is deleted\n",
-    "postmortems": "Case law: one file per failure, written by factory-postmortem: the root cause,\n"
-                   "the contributing factors, what should have happened, and the principle or\n"
-                   "prohibition it gave rise to.\n",
+    "postmortems": "Case law: one file per root cause, written by factory-postmortem: what was tried,\n"
+                   "what failed, the root cause, the contributing factors, what should have happened,\n"
+                   "and the principle or prohibition it gave rise to. A lesson's evidence and its\n"
+                   "recurrences live in the front matter of the principle or prohibition.\n",
     "specs": "What this repository is meant to do: PRDs and specs. Sensors compare them with\n"
              "what the repository does, and file the differences as issues.\n",
 }
@@ -31,6 +33,59 @@ SECTIONS = {
 # The order agents read the layer in: the constitution, the guardrails, the case law,
 # then what the repository is meant to do.
 ORDER = ("principles", "prohibitions", "postmortems", "specs")
+
+
+# Front matter: YAML between a first line `---` and the next line `---`, as static site
+# generators read it. Lessons keep their fingerprint, evidence and counts there, and a
+# prohibition its `check:`.
+_FRONT_MATTER_RE = re.compile(r"\A---[ \t]*\r?\n(.*?)^---[ \t]*(?:\r?\n|\Z)", re.S | re.M)
+
+
+class FrontMatterError(ValueError):
+    """A file's front matter is not a YAML mapping; the message says what is wrong."""
+
+
+def front_matter(text: str) -> tuple[dict, str]:
+    """(metadata, body) of a markdown file; ({}, text) for a file without front matter.
+    Raises FrontMatterError when the block between the `---` lines is not a YAML mapping."""
+    m = _FRONT_MATTER_RE.match(text)
+    if not m:
+        return {}, text
+    import yaml
+    try:
+        meta = yaml.safe_load(m.group(1))
+    except RecursionError:
+        raise FrontMatterError("the front matter is nested too deeply") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 2}" if mark else ""
+        raise FrontMatterError(f"the front matter is not valid YAML{at}: {getattr(e, 'problem', e)}") from None
+    if meta is None:
+        meta = {}
+    if not isinstance(meta, dict):
+        raise FrontMatterError(f"the front matter is a {type(meta).__name__}, not a mapping of keys")
+    return meta, text[m.end():].lstrip("\n")
+
+
+def with_front_matter(meta: dict, body: str) -> str:
+    """A markdown file's text: `meta` as front matter (keys in the order given), then body."""
+    import yaml
+    head = yaml.safe_dump(meta, sort_keys=False, allow_unicode=True, default_flow_style=False, width=1 << 16)
+    return f"---\n{head}---\n\n{body.strip()}\n"
+
+
+def _for_prompt(text: str) -> str:
+    """A file as agents read it: without its front matter (bookkeeping such as evidence,
+    which changes with every recurrence and tells an agent nothing), but with a
+    prohibition's `check:`, which the gate will run on its branch."""
+    try:
+        meta, body = front_matter(text)
+    except FrontMatterError:
+        return text.strip()  # shown as it is: an agent still learns from it
+    check = meta.get("check")
+    if isinstance(check, str) and check.strip():
+        body = body.rstrip() + f"\n\ncheck: {check.strip()}"
+    return body.strip()
 
 
 def layer_text(files: dict[str, bytes]) -> str:
@@ -45,25 +100,8 @@ def layer_text(files: dict[str, bytes]) -> str:
             continue
         parts.append(f"# {section.capitalize()}\n")
         for p in paths:
-            parts.append(f"<file path=\"{p}\">\n{files[p].decode('utf-8', errors='replace').strip()}\n</file>\n")
+            parts.append(f"<file path=\"{p}\">\n{_for_prompt(files[p].decode('utf-8', errors='replace'))}\n</file>\n")
     return "\n".join(parts) if parts else "(This repository has no intent layer yet.)\n"
-
-
-def front_matter(text: str) -> tuple[dict, str]:
-    """(the YAML front matter between leading `---` lines, the rest). No front matter, or
-    front matter that is not a YAML mapping, gives ({}, text)."""
-    import yaml
-    if not text.startswith("---\n"):
-        return {}, text
-    end = text.find("\n---", 3)
-    if end < 0:
-        return {}, text
-    try:
-        meta = yaml.safe_load(text[4:end + 1])
-    except yaml.YAMLError:
-        return {}, text
-    rest = text[end + 4:]
-    return (meta, rest.lstrip("\n")) if isinstance(meta, dict) else ({}, text)
 
 
 def prohibitions(files: dict[str, bytes]) -> list[dict]:
@@ -76,7 +114,10 @@ def prohibitions(files: dict[str, bytes]) -> list[dict]:
         if not path.startswith(prefix) or not path.endswith(".md") or os.path.basename(path) == "README.md":
             continue
         text = files[path].decode("utf-8", errors="replace")
-        meta, body = front_matter(text)
+        try:
+            meta, body = front_matter(text)
+        except FrontMatterError:
+            meta, body = {}, text  # read as it is: a `check:` line still counts
         check = meta.get("check")
         if isinstance(check, bool):  # YAML reads `check: false` as a boolean: the command `false`
             check = "true" if check else "false"

@@ -48,6 +48,7 @@ class Log:
     lines: list = field(default_factory=list)
     echo: bool = True
     redactor: Redactor = field(default_factory=Redactor)
+    tool: str = "factory-spawn"  # who says it on stderr
 
     def __call__(self, msg: str) -> None:
         msg = self.redactor.text(msg)
@@ -55,7 +56,7 @@ class Log:
         self.lines.append(line)
         if self.echo:
             import sys
-            print(f"factory-spawn: {msg}", file=sys.stderr, flush=True)
+            print(f"{self.tool}: {msg}", file=sys.stderr, flush=True)
 
     def text(self) -> str:
         return "\n".join(self.lines) + "\n"
@@ -167,7 +168,10 @@ def run_task(task: dict, repo: Repo, cfg: dict, *, log: Log, run_id: str | None 
         run["container"] = sb.name
         checkout = _Background(agentrepo.check_out, sb, base, branch, cfg["harvest"]["exclude"])
         run["timings"]["container_ready_s"] = round(time.monotonic() - t0, 3)
-        layer = intent.layer_text(repo.read_tree(base, intent.INTENT_DIR + "/"))
+        # The intent layer of the commit worked on; a postmortem agent's comes from the
+        # commit its failure was judged against: the refused head's own intent/ is the
+        # failed agent's work, not the repository's.
+        layer = intent.layer_text(repo.read_tree(task.get("intent") or base, intent.INTENT_DIR + "/"))
         system = intent.system_prompt(roles.instructions(kind), layer)
         model = warm.get()
         model.name, model.max_tokens = model_name, cfg["model"]["max_tokens"]  # known only now
@@ -183,6 +187,8 @@ def run_task(task: dict, repo: Repo, cfg: dict, *, log: Log, run_id: str | None 
         run.update(status=outcome.status, reason=outcome.reason, turns=outcome.turns,
                    usage=outcome.usage.to_dict(), cost_usd=round(outcome.cost_usd, 6),
                    model_retries=outcome.model_retries, findings=outcome.findings)
+        if kind == "postmortem":
+            run["postmortem"] = outcome.postmortem
         if outcome.infra:
             run["infra"] = True
         if outcome.first_request_at:
