@@ -218,6 +218,11 @@ def judge(repo: Repo, cfg: dict, issue: dict, *, ref: str | None = None, base: s
     return verdict
 
 
+def is_lesson(issue: dict) -> bool:
+    """An issue factory-postmortem filed for a lesson's branch."""
+    return str(issue.get("source", "")).startswith("postmortem:") and issue.get("trust") == "trusted"
+
+
 def _approved(issue: dict, head: str | None) -> bool:
     """A person approved this head (or the issue as such, before any work)."""
     a = issue.get("approved")
@@ -263,7 +268,7 @@ def _policy(repo: Repo, issue: dict, base: str, merge: str, commands: list[str],
     """The built-in policy; False (with the refusal appended) stops the verdict here."""
     changed = repo.changed_paths(base, merge)
     touched = protected_paths(changed, set(repo.tracked_paths(base)), commands)
-    lesson = str(issue.get("source", "")).startswith("postmortem:") and issue.get("trust") == "trusted"
+    lesson = is_lesson(issue)
     if touched and not (lesson or approved):
         checks.append(_check("protected-paths", "policy", False,
                              "the branch changes what judges it: " + ", ".join(touched[:20])
@@ -347,7 +352,9 @@ def settle(store: IssueStore, verdict: dict, budgets: dict, actor: str, extra=No
                 store.repo.resolve("refs/heads/" + (cur.get("branch") or "-")) != verdict["head"]:
             raise Stale(f"issue {cur['id']} is {cur['state']} at another head since it was judged")
         fields = {"verdict": issue_verdict(verdict)}
-        refused = verdict["verdict"] == "refuse" and not verdict["needs_approval"]
+        # A lesson is refused only because main itself fails its checks (it changes nothing
+        # but intent/): it waits in review, uncharged, and is judged again when main moves.
+        refused = verdict["verdict"] == "refuse" and not verdict["needs_approval"] and not is_lesson(cur)
         if refused:
             attempts = cur["attempts"] + 1
             wait = budgets["retry_backoff_seconds"] * 2 ** (attempts - 1)

@@ -465,11 +465,12 @@ class IssueStore:
     @staticmethod
     def ready(issues: list[dict], now: str | None = None) -> list[dict]:
         """Open issues whose dependencies are finished and whose not_before has passed,
-        most urgent first, oldest first among equals."""
+        most urgent first, oldest first among equals. A lesson's issue (source
+        postmortem:...) is never work for an agent: it carries its own branch, for the gate."""
         now = now or now_iso()
         state = {i["id"]: i["state"] for i in issues}
         out = [i for i in issues
-               if i["state"] == "open"
+               if i["state"] == "open" and not str(i.get("source", "")).startswith("postmortem:")
                and (not i.get("not_before") or i["not_before"] <= now)
                and all(state.get(d) in contracts.FINISHED_STATES for d in i.get("depends_on", []))]
         out.sort(key=lambda i: (i["priority"], i["created"], i["id"]))

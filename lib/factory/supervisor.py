@@ -426,6 +426,8 @@ class Supervisor:
         if seen == self.gate_seen and time.monotonic() < self.gate_recheck_at:
             return self.gate_cached
         self.gate_seen, self.gate_recheck_at = seen, time.monotonic() + 60
+        from .gate import default_ref, is_lesson
+        main = self.repo.resolve(default_ref(self.repo))
         out = []
         for issue in self.store.all():
             if issue["state"] != "review" or not issue.get("branch"):
@@ -439,6 +441,9 @@ class Supervisor:
             v = issue.get("verdict") or {}
             approved = (issue.get("approved") or {}).get("head") in (head, None) and issue.get("approved")
             judged = v.get("head") == head and not (v.get("needs_approval") and approved)
+            if judged and v.get("verdict") == "refuse" and is_lesson(issue):
+                judged = v.get("base") == main  # a refused lesson waits for main to move
+
             if not judged or (auto and v.get("verdict") == "pass"):
                 out.append(issue)
         self.gate_cached = out
