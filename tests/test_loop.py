@@ -100,3 +100,63 @@ def test_with_a_dirty_main_the_queue_waits_saying_why_and_touches_nothing(tmp_pa
         run_until_idle(repo, env)
     assert show(repo, env, issue["id"])["state"] == "done"
     assert "a + b" in (repo / "calc.py").read_text() and git(repo, "status", "--porcelain") == ""
+
+
+NO_TEST_DELETION = ("---\ncheck: test -z \"$(git diff --name-only --diff-filter=D \"$FACTORY_BASE\" HEAD)\"\n---\n"
+                    "# No test is deleted\n\nA failing test is fixed, never removed.\n")
+DELETE_TEST = "git rm -q test_calc.py && git commit -qm 'the failing test was wrong'"
+EDIT_RULES = ("printf 'check: true\\n' > intent/prohibitions/no-test-deletion.md && "
+              "printf 'merge: auto\\n' > factory.yaml && git commit -qam 'simpler rules'")
+
+
+def worker_or_postmortem(command, lesson_check):
+    """A worker that runs `command`; a postmortem agent that reports a prohibition whose
+    check is `lesson_check`, as a real model calls the tool: once, all fields given."""
+    work = agent(command)
+
+    def respond(body):
+        if any(t.get("name") == "report_postmortem" for t in body.get("tools") or []):
+            return tool_use("report_postmortem", {
+                "title": "The worker made the check pass by removing what it checks",
+                "what_was_tried": "The worker was to fix add().",
+                "what_failed": "The gate refused the branch.",
+                "root_cause": "The worker changed what judges the work instead of the work.",
+                "contributing_factors": ["the failing test was easier to remove than to satisfy"],
+                "what_should_have_happened": "Fix calc.add so that test_calc passes.",
+                "lesson": {"kind": "prohibition", "title": "Keep the tests and the rules",
+                           "text": "Never delete a test or edit the rules that judge your branch.",
+                           "check": lesson_check}})
+        return work(body)
+    return respond
+
+
+@pytest.mark.parametrize("command,refused_by,lesson_check", [
+    (DELETE_TEST, "prohibition", "test -f test_calc.py"),
+    (EDIT_RULES, "policy", 'git diff --quiet "$FACTORY_BASE" HEAD -- factory.yaml')])
+def test_each_refusal_is_on_its_issue_and_becomes_a_lesson(tmp_path, tool_env, command, refused_by, lesson_check):
+    repo = loop_repo(tmp_path, "merge: auto\nbudgets:\n  attempts: 1\n  retry_backoff_seconds: 0\n")
+    (repo / "intent" / "prohibitions").mkdir(parents=True)
+    (repo / "intent" / "prohibitions" / "no-test-deletion.md").write_text(NO_TEST_DELETION)
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "a prohibition")
+    main_before = git(repo, "rev-parse", "main")
+    with ScriptedModel([worker_or_postmortem(command, lesson_check)] * 20) as api:
+        env = spawn_env(tool_env, api, tmp_path / "runs", FACTORY_CPUS="64", FACTORY_MEMORY="256g")
+        issue = file_issue(repo, env)
+        p = run_until_idle(repo, env)
+    got = show(repo, env, issue["id"])
+    assert got["state"] == "failed" and got["verdict"]["verdict"] == "refuse", got
+    refusal = got["comments"][-1]["text"]
+    assert refused_by in refusal and ("no-test-deletion.md" in refusal if refused_by == "prohibition"
+                                      else "factory.yaml" in refusal)
+    assert git(repo, "rev-parse", "main") == main_before          # main's code never changed
+    lessons = [i for i in (json.loads(line) for line in
+                           run_tool(["factory-issue", "list"], cwd=repo, env=env).stdout.splitlines())
+               if i["source"].startswith("postmortem:")]
+    assert len(lessons) == 1, p.stderr
+    branch = lessons[0]["branch"]
+    files = git(repo, "ls-tree", "-r", "--name-only", branch, "--", "intent/").split()
+    assert any(f.startswith("intent/postmortems/") for f in files)
+    lesson = git(repo, "show", f"{branch}:" + next(f for f in files if f.startswith("intent/prohibitions/")
+                                                    and "no-test-deletion" not in f))
+    assert lesson_check in lesson       # the model's check was kept: it fails on the head and passes on main
