@@ -59,10 +59,11 @@ def test_a_refusal_becomes_a_factual_postmortem_and_a_principle_on_a_lesson_bran
     assert meta["recurrences_before"] == 0 and meta["recurrences_after"] == 0
     assert [e["run"] for e in meta["evidence"]] == [v["run"]]
     assert "Before you finish, run `python3 -m unittest -q` at the top of the repository" in body
-    assert "AssertionError: -1 != 5" in body or "FAIL: test_add" in body, "it quotes the failing line"
+    assert "exited 1" in body and "AssertionError" not in body, "a rule quotes no output of model-written code"
     pm_meta, pm_body = front_matter(read_on(repo, out["branch"], out["postmortem"]))
     assert {k: pm_meta[k] for k in ("issue", "run", "record", "fingerprint", "lesson")} == \
         {"issue": issue["id"], "run": v["run"], "record": v["record"], "fingerprint": FP, "lesson": out["lesson"]}
+    assert "AssertionError: -1 != 5" in pm_body or "FAIL: test_add" in pm_body, "the postmortem keeps the output"
     for section in ("What was tried", "What failed", "Root cause", "Contributing factors",
                     "What should have happened", "Lesson"):
         assert f"## {section}" in pm_body

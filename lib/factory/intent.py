@@ -88,6 +88,21 @@ def _for_prompt(text: str) -> str:
     return body.strip()
 
 
+def case_law_fence(text: str) -> str:
+    """A postmortem as agents read it: between tags named after a hash of the text itself.
+    A postmortem quotes what failed code printed (code a model wrote), so it is fenced as
+    data, as an issue's text is; the name is the same for the same text (the prompt cache
+    still serves it) and no text can hold the tag that closes its own fence, since the
+    name depends on the text."""
+    import hashlib
+    n = 0
+    while True:
+        tag = "case-law-" + hashlib.sha256(f"{n}:{text}".encode()).hexdigest()[:16]
+        if tag not in text:
+            return f"<{tag}>\n{text}\n</{tag}>"
+        n += 1
+
+
 def layer_text(files: dict[str, bytes]) -> str:
     """The intent layer as one text, in a stable order (section, then path), so that the
     same layer always gives the same bytes and the prompt cache can serve it."""
@@ -100,7 +115,10 @@ def layer_text(files: dict[str, bytes]) -> str:
             continue
         parts.append(f"# {section.capitalize()}\n")
         for p in paths:
-            parts.append(f"<file path=\"{p}\">\n{_for_prompt(files[p].decode('utf-8', errors='replace'))}\n</file>\n")
+            text = _for_prompt(files[p].decode("utf-8", errors="replace"))
+            if section == "postmortems":
+                text = case_law_fence(text)
+            parts.append(f"<file path=\"{p}\">\n{text}\n</file>\n")
     return "\n".join(parts) if parts else "(This repository has no intent layer yet.)\n"
 
 

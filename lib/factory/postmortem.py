@@ -214,35 +214,39 @@ def _short(cmd: str, n: int = 60) -> str:
 
 
 def _verdict_lesson(f: Failure, first: dict | None) -> tuple[dict, str]:
+    """A rule for every later agent. It quotes no output of the failed checks: that is
+    output of code a model wrote, and a rule lands in every agent's system prompt. The
+    postmortem keeps the output, as case law (fenced as data in the prompt, intent.py)."""
     issue = f.issue
     if first is None:
-        text = (f"The gate refused the branch of issue {issue}: {first_failing_line(f.reason)}. "
+        text = (f"The gate refused the branch of issue {issue}. "
                 "Before you finish, check your branch against what the gate checks.")
         return _principle("Check your branch as the gate will before you finish", text), \
             "The branch should have met what the gate checks before it was handed over."
-    line = first_failing_line(first.get("output_tail") or "")
+    how = "timed out" if first.get("timed_out") else f"exited {first.get('exit_code')}"
     kind = first.get("kind") or "check"
     if kind == "prohibition" and first.get("path"):
         cmd = _short(first.get("command") or "", 200)
-        text = (f"Keep to the prohibition in {first['path']}. Its check `{cmd}` failed on the branch of issue "
-                f"{issue} with: {line}. Run that check at the top of the repository before you finish, "
-                "and make it pass.")
+        text = (f"Keep to the prohibition in {first['path']}. Its check `{cmd}` {how} on the branch of issue "
+                f"{issue} (its postmortem shows the output). Run that check at the top of the repository "
+                "before you finish, and make it pass.")
         return _principle(f"Keep to {os.path.basename(first['path'])}", text), \
             f"The branch should have kept to {first['path']}; its check should have passed before it was handed over."
     if kind == "policy":
-        text = (f"The gate refused the branch of issue {issue} because it changed paths agents may not change: "
-                f"{line}. Change only what your issue needs; where it would need a protected path changed, "
-                "say so in your summary instead of changing it.")
+        text = (f"The gate refused the branch of issue {issue} because it changed what judges it "
+                "(intent/principles/, intent/prohibitions/, factory.yaml, or a file a check runs). Change only "
+                "what your issue needs; where it would need one of those changed, say so in your summary "
+                "instead of changing it.")
         return _principle("Leave protected paths alone", text), \
             "The branch should have left the protected paths alone."
     if kind == "merge":
-        text = (f"The branch of issue {issue} did not merge cleanly into main: {line}. Keep changes small and "
+        text = (f"The branch of issue {issue} did not merge cleanly into main. Keep changes small and "
                 "confined to what the issue needs, so that they merge with what others land meanwhile.")
         return _principle("Keep changes small so that they merge", text), \
             "The branch should have merged cleanly into main."
     cmd = _short(first.get("command") or first["name"], 200)
-    text = (f"Before you finish, run `{cmd}` at the top of the repository and make it pass; it failed on "
-            f"issue {issue} with: {line}")
+    text = (f"Before you finish, run `{cmd}` at the top of the repository and make it pass; it {how} on "
+            f"the branch of issue {issue} (its postmortem shows the output).")
     return _principle(f"Run {_short(first.get('command') or first['name'])} before you finish", text), \
         f"The branch should have passed `{cmd}` before it was handed to the gate."
 
