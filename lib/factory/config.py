@@ -44,12 +44,15 @@ class Int:
 class Float:
     default: float
     min_exclusive: float = 0.0
+    max: float | None = None
 
     def check(self, v):
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             return None, f"must be a number, not {v!r}"
         if v <= self.min_exclusive:
             return None, f"is {v}; it must be more than {self.min_exclusive}"
+        if self.max is not None and v > self.max:
+            return None, f"is {v}; it must be at most {self.max}"
         return float(v), None
 
 
@@ -131,6 +134,20 @@ class Choice:
 
 
 @dataclass
+class Schedule:
+    """A cron schedule, checked by schedules.py (croniter) so that cron and the supervisor
+    read it alike; null: run only by hand."""
+    default: str | None
+
+    def check(self, v):
+        if v is None:
+            return None, None
+        from . import schedules
+        err = schedules.check(v)
+        return (None, err) if err else (v.strip(), None)
+
+
+@dataclass
 class StrList:
     default: list
 
@@ -205,7 +222,7 @@ RUNTIME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
 MODEL_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@/-]{0,127}$"  # contracts.MODEL_RE
 MIN_MEMORY = "64m"   # below this an agent's container cannot start git, let alone work
 MIN_SCRATCH = "1m"   # /tmp and /workspace
-CRON_PATTERN = r"^(@(hourly|daily|weekly|monthly|yearly|reboot)|(\S+\s+){4}\S+)$"
+TARGETS = ("main", "review")   # what a sensor or adversary looks at: main, or branches in review
 
 SCHEMA: dict[str, Any] = {
     "version": Int(1, min=1, max=1),
@@ -268,9 +285,19 @@ SCHEMA: dict[str, Any] = {
     "sensors": Named({
         "command": Str(None, nullable=True),
         "prompt": Str(None, nullable=True),
-        "schedule": Str("@hourly", pattern=CRON_PATTERN, hint="is not a cron schedule such as '0 * * * *' or @daily"),
+        "schedule": Schedule("@hourly"),
         "map": Str(None, nullable=True),
+        "target": Choice("main", TARGETS),
     }, one_of=("command", "prompt")),
+    "adversaries": Named({
+        "prompt": Str(None, nullable=True),
+        "schedule": Schedule("@daily"),
+        "target": Choice("main", TARGETS),
+    }, required=("prompt",)),
+    "sense": {
+        "scheduler": Choice("cron", ("cron", "supervisor")),
+        "min_precision": Float(0.5, max=1.0),
+    },
     "peers": Named({
         "url": PeerUrl(),
         "trust": Choice("untrusted", ("trusted", "untrusted")),
@@ -401,14 +428,37 @@ budgets:
 #   command:  a shell command run in an agent container; its output becomes findings
 #   prompt:   instructions for a model agent that compares intent with the repository
 # and may give:
-#   schedule: a cron schedule (default @hourly)
+#   schedule: a cron schedule (default @hourly; null: only by hand). Five fields or a
+#             nickname (@hourly, @daily, @weekly, @monthly, @yearly); see sense.scheduler
 #   map:      a jq expression turning the command's output into finding objects
+#   target:   main (default) or review: the branches in review
 # Example:
 #   tests:
 #     command: pytest -q
 #     schedule: "0 * * * *"
 #     map: 'select(.outcome == "failed") | {title: .nodeid}'
+#     target: main
 sensors: {}
+
+# Adversaries, by name: model agents that attack what workers built and report failures
+# with a reproduction, which factory runs again before it files anything. Each gives:
+#   prompt:   instructions for the attack (required)
+#   schedule: a cron schedule (default @daily; null: only by hand)
+#   target:   main (default) or review: the branches in review
+# Example:
+#   inputs:
+#     prompt: Find an input that makes the parser crash or hang.
+#     schedule: "30 2 * * *"
+#     target: review
+adversaries: {}
+
+# Running sensors and adversaries on their schedules.
+sense:
+  scheduler: cron               # cron: `factory cron install` puts them in your crontab;
+                                # supervisor: `factory start` fires them while it runs
+                                # (for a machine without cron). Use one, not both.
+  min_precision: 0.5            # the least share of a sensor's findings that must prove
+                                # real (more than 0, at most 1); see factory-sense
 
 # Other factories this one files issues on, by name. Example:
 #   libfoo:
@@ -483,6 +533,19 @@ def _check(node, schema, path, problems, name):
     return value
 
 
+def _key_line(root, *path) -> int:
+    """The line of the key at `path` in a mapping node (its parent's, where it is not found)."""
+    node, line = root, root.start_mark.line + 1
+    for key in path:
+        if not isinstance(node.value, list):
+            break
+        for knode, vnode in node.value:
+            if knode.value == key:
+                node, line = vnode, knode.start_mark.line + 1
+                break
+    return line
+
+
 def _merge(defaults, given):
     if isinstance(defaults, dict) and isinstance(given, dict):
         out = dict(defaults)
@@ -514,6 +577,10 @@ def parse(text: str, name: str = CONFIG_NAME) -> dict:
         for kind in SLOT_KINDS:
             if "slots" in given and given["slots"].get(kind, 0) > given["slots"].get("total", DEFAULTS["slots"]["total"]):
                 problems.append(f"{name}: slots.{kind}: is more than slots.total")
+        # `factory-sense NAME` runs a sensor or an adversary: a name must say which
+        for both in sorted(set(given.get("sensors") or {}) & set(given.get("adversaries") or {})):
+            problems.append(f"{name} line {_key_line(root, 'adversaries', both)}: adversaries.{both}: "
+                            f"sensors.{both} has this name too; rename one (factory-sense NAME runs either)")
     if problems:
         raise ConfigError(problems)
     return _merge(DEFAULTS, given)
