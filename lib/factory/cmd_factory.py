@@ -13,7 +13,7 @@ import click
 from .cli import CONTEXT_SETTINGS, EXIT_NO, BadInput, Failed, emit, load_config, open_repo, repo_option, run_main, say
 
 TOOL = "factory"
-BUILTINS = ("init", "status", "image", "start", "stop", "logs", "approve", "review", "merge", "report")
+BUILTINS = ("init", "status", "image", "start", "stop", "logs", "approve", "review", "merge", "report", "cron")
 
 
 def tool_path(verb: str) -> str | None:
@@ -505,6 +505,206 @@ def image_build(rebuild, as_json):
         emit(result)
     else:
         say(TOOL, f"{tag} ({'built' if result['built'] else 'up to date'}, recipe from {recipe.source})")
+
+
+CRON_EXITS = """\b
+Exit codes:
+  0  done (also: nothing scheduled, nothing to change)
+  1  the crontab could not be read or written (no crontab program, it refused), or it
+     holds this repository's BEGIN marker without its END (or the other way round):
+     nothing was changed
+  2  usage or bad input: not a repository, an invalid factory.yaml, a repository path
+     that a crontab line cannot carry (a newline); nothing was changed"""
+
+
+@cli.group("cron", invoke_without_command=True, context_settings=CONTEXT_SETTINGS, epilog=f"""
+\b
+Prints the crontab lines that run this repository's sensors and adversaries on the
+schedules in factory.yaml (sensors.NAME.schedule, adversaries.NAME.schedule; null: by
+hand only), as the block `factory cron install` writes into your crontab:
+
+\b
+  # BEGIN factory REPO
+  SCHEDULE cd REPO && PATH=... [chronic] factory-slot KIND -- factory-sense NAME --file [>> LOG 2>&1]
+  # END factory REPO
+
+\b
+REPO is the repository's absolute path, so each repository keeps a block of its own.
+Every program is named by its absolute path, and PATH (with FACTORY_CONFIG,
+FACTORY_STATE_DIR, FACTORY_SLOTS_DIR, FACTORY_RUNS_DIR, FACTORY_CPUS, FACTORY_MEMORY,
+FACTORY_MODEL and FACTORY_DEBIAN_MIRROR, where set) is set on each line, so cron runs
+what this shell would. The output is kept, never thrown away: under chronic where chronic
+and a mailer are installed (cron mails a failed run's output), otherwise (or with --log)
+appended to <state dir>/cron.log. ANTHROPIC_API_KEY is never written into a crontab.
+With sense.scheduler: supervisor, factory start fires the schedules instead.
+Nothing scheduled: nothing is printed, and stderr says so.
+--json: one object per line: kind, name, schedule, next (its next due time, local), line.
+
+{CRON_EXITS}
+
+\b
+Examples:
+  factory cron
+  factory cron --json | jq -r '.name + " " + .next'
+  factory cron install
+  factory cron uninstall
+""")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per crontab line.")
+@click.option("--log", "log_always", is_flag=True, help="Append the output to <state dir>/cron.log even "
+                                                        "where chronic could mail it.")
+@repo_option
+@click.pass_context
+def cron(ctx, as_json, log_always):
+    """The crontab lines that run sensors and adversaries on their schedules."""
+    if ctx.invoked_subcommand:
+        return
+    from . import schedules
+    plan = _cron_plan(log_always)
+    if plan.cfg["sense"]["scheduler"] == "supervisor":
+        say(TOOL, "note: factory.yaml says sense.scheduler: supervisor, so factory start fires these "
+                  "schedules itself; do not install them too")
+    if not plan.lines:
+        say(TOOL, "nothing is scheduled: factory.yaml has no sensor or adversary with a schedule")
+        return 0
+    if as_json:
+        from datetime import datetime
+        now = datetime.now()
+        for line in plan.lines:
+            emit({"kind": line.kind, "name": line.name, "schedule": line.schedule,
+                  "next": schedules.next_after(line.schedule, now).isoformat(), "line": line.text})
+    else:
+        click.echo(plan.block, nl=False)
+    return 0
+
+
+@cron.command("install", context_settings=CONTEXT_SETTINGS, epilog=f"""
+\b
+Writes the block `factory cron` prints into your crontab (crontab -l, then crontab -):
+replaces this repository's block where there is one, else adds it at the end. Every
+other line stays byte for byte as it was, comments and variables (MAILTO=...) included,
+and other repositories' blocks too. Running it again changes nothing; run it again after
+changing a schedule in factory.yaml. Nothing scheduled: this repository's block is
+removed. Refused, with nothing changed: a crontab holding this repository's BEGIN marker
+without its END (fix it with crontab -e), and factory.yaml saying sense.scheduler:
+supervisor (factory start fires the schedules then; cron too would run each twice).
+Cron must be running for the lines to fire (./setup installs Debian's cron); a warning
+says so where no cron daemon is seen. The crontab program: FACTORY_CRONTAB, default crontab.
+
+{CRON_EXITS}
+
+\b
+Examples:
+  factory cron install
+  factory cron install --log && crontab -l
+""")
+@click.option("--log", "log_always", is_flag=True, help="Append the output to <state dir>/cron.log even "
+                                                        "where chronic could mail it.")
+@repo_option
+def cron_install(log_always):
+    """Install this repository's schedules in your crontab."""
+    from . import cron as cron_, crontab
+    plan = _cron_plan(log_always)
+    if plan.cfg["sense"]["scheduler"] == "supervisor":
+        raise BadInput(TOOL, "factory.yaml says sense.scheduler: supervisor, so factory start fires the "
+                             "schedules; in cron too, each would run twice. Nothing was changed (set "
+                             "sense.scheduler: cron to use cron, or run factory cron uninstall)")
+    begin, end = cron_.markers(plan.top)
+    if plan.block and not plan.chronic:
+        os.makedirs(os.path.dirname(plan.log), exist_ok=True)  # `>>` does not make its directory
+    try:
+        current = crontab.read()
+        new = crontab.set_block(current, begin, end, plan.block)
+        if new != current:
+            crontab.write(new)
+    except crontab.CrontabError as e:
+        raise Failed(TOOL, str(e))
+    if not plan.lines:
+        say(TOOL, "nothing is scheduled: factory.yaml has no sensor or adversary with a schedule; "
+                  + (f"removed the block for {plan.top} from your crontab" if new != current else
+                     "your crontab has no block for this repository"))
+        return 0
+    if new == current:
+        say(TOOL, f"your crontab is up to date: {len(plan.lines)} line(s) between '{begin}' and '{end}'")
+    else:
+        say(TOOL, f"installed {len(plan.lines)} line(s) in your crontab between '{begin}' and '{end}'")
+    say(TOOL, f"their output: {'mailed by cron when a run fails (chronic)' if plan.chronic else plan.log}")
+    if crontab.daemon_runs() is False:
+        say(TOOL, "warning: no cron daemon seems to run here, so these lines will not fire until one does "
+                  "(systemctl start cron), or use sense.scheduler: supervisor with factory start")
+    return 0
+
+
+@cron.command("uninstall", context_settings=CONTEXT_SETTINGS, epilog=f"""
+\b
+Removes this repository's block, from its BEGIN marker to its END marker, from your
+crontab, and nothing else: every other line stays byte for byte as it was. Without a
+block, nothing changes. factory.yaml is not read, so an invalid one does not stand in
+the way. (A block left by a repository that is gone: crontab -e.)
+
+{CRON_EXITS}
+
+\b
+Examples:
+  factory cron uninstall
+  factory cron uninstall -C ~/src/calc
+""")
+@repo_option
+def cron_uninstall():
+    """Remove this repository's schedules from your crontab."""
+    from . import cron as cron_, crontab
+    repo = _repo()
+    top = _cron_top(repo)
+    begin, end = cron_.markers(top)
+    try:
+        current = crontab.read()
+        new = crontab.set_block(current, begin, end, None)
+        if new == current:
+            say(TOOL, f"your crontab has no block for {top}: nothing to remove")
+            return 0
+        crontab.write(new)
+    except crontab.CrontabError as e:
+        raise Failed(TOOL, str(e))
+    say(TOOL, f"removed the block for {top} from your crontab")
+    return 0
+
+
+class _CronPlan:
+    def __init__(self, **kw):
+        self.__dict__.update(kw)
+
+
+def _cron_top(repo) -> str:
+    """The repository as its crontab block names it: the work tree's real path."""
+    return os.path.realpath(repo.work_tree() or repo.git_dir)
+
+
+def _cron_plan(log_always: bool) -> _CronPlan:
+    """What `factory cron` prints and installs for the repository: its lines and block."""
+    from . import cron as cron_, schedules
+    from .env import kept_by_cron, state_dir
+    repo = _repo()
+    cfg = _config(repo)
+    top = _cron_top(repo)
+    beside = os.path.dirname(os.path.realpath(sys.argv[0] or ""))
+    slot = tool_path("slot") or os.path.join(beside, "factory-slot")
+    sense = tool_path("sense")
+    if sense is None:
+        sense = os.path.join(beside, "factory-sense")
+        if schedules.scheduled(cfg):
+            say(TOOL, f"warning: factory-sense is not installed yet; the lines name it as {sense}")
+    path = os.environ.get("PATH") or os.defpath
+    for d in sorted({os.path.dirname(slot), os.path.dirname(sense)}, reverse=True):
+        if d not in path.split(os.pathsep):
+            path = d + os.pathsep + path  # what the tools run by name (factory-issue, ...)
+    log = os.path.join(os.path.abspath(state_dir(repo)), cron_.LOG_NAME)
+    chronic = None if log_always else cron_.chronic_path()
+    try:
+        lines = cron_.lines(cfg, top, slot=slot, sense=sense, path=path, log=log, chronic=chronic,
+                            keep=kept_by_cron())
+        block = cron_.block(top, lines)
+    except cron_.CronError as e:
+        raise BadInput(TOOL, f"{e}; nothing was changed")
+    return _CronPlan(repo=repo, cfg=cfg, top=top, lines=lines, block=block, log=log, chronic=chronic)
 
 
 FINISHED = ("done", "closed", "failed")  # nothing left to approve

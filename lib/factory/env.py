@@ -33,9 +33,29 @@ VARIABLES = {
     "FACTORY_MEMORY": "the memory leases may take, below the machine's (512m, 8g)",
     "FACTORY_SLOT": "set for factory-slot's command: the lease (kind.number)",
     "FACTORY_DEBIAN_MIRROR": "the Debian mirror an offline image build uses",
+    "FACTORY_CRONTAB": "the crontab program factory cron reads and writes with (default: crontab)",
     "FACTORY_BASE": "set for a check's command, in its container: the commit of main it is judged against",
     "FACTORY_HEAD": "set for a check's command, in its container: the branch's commit",
 }
+
+# What a crontab line keeps of the environment `factory cron` ran in: the variables that
+# pick the config, the runtime roots and the machine's share, so that cron runs what this
+# shell would. Not FACTORY_REPO (the line cds into the repository), nor who acts, nor
+# what factory sets for its children. Those naming a path are made absolute.
+KEPT_BY_CRON = ("FACTORY_CONFIG", "FACTORY_STATE_DIR", "FACTORY_SLOTS_DIR", "FACTORY_RUNS_DIR",
+                "FACTORY_CPUS", "FACTORY_MEMORY", "FACTORY_MODEL", "FACTORY_DEBIAN_MIRROR")
+PATH_VARIABLES = ("FACTORY_CONFIG", "FACTORY_STATE_DIR", "FACTORY_SLOTS_DIR", "FACTORY_RUNS_DIR")
+
+
+def kept_by_cron() -> dict[str, str]:
+    """The KEPT_BY_CRON variables set here, paths absolute."""
+    out = {}
+    for name in KEPT_BY_CRON:
+        value = get(name)
+        if value:
+            out[name] = os.path.abspath(value) if name in PATH_VARIABLES else value
+    return out
+
 
 # Variables factory sets, never reads: for the gate's checks, in their container.
 SET_FOR_CHECKS = {
