@@ -33,7 +33,14 @@ Beside the workers run two more pipelines, each in slots of its own kind:
                 `factory-slot postmortem -- factory-postmortem --failed-only`, the run
                 JSON or verdict on stdin. (Queued in memory: what a stop drops stays in
                 the run records, and `factory-postmortem` can be fed them by hand.)
-Later kinds (sensors on a schedule, adversaries on branches in review) join the same way.
+    sense       with sense.scheduler: supervisor (a machine without cron), each sensor
+                and adversary whose schedule comes due: `factory-slot sensor|adversary
+                -- factory-sense -q NAME --file`, output in logs/sense-NAME.log; one run
+                per name at a time (a due time that comes while the last run goes on is
+                skipped). schedules.Timetable says what is due, in memory, from the
+                start: like cron, nothing due before the start fires, and after a gap
+                only the latest missed due time fires, once. --until-idle does not wait
+                for a schedule, only for runs already started.
 """
 
 from __future__ import annotations
@@ -85,12 +92,14 @@ class AlreadyRunning(Exception):
 
 @dataclass
 class Agent:
-    """One child pipeline: `claim` first, then `spawn`."""
+    """One child pipeline: `claim` first, then `spawn`; or a `gate`, a `postmortem`, or a
+    scheduled `sense` run of the sensor or adversary `name`."""
     kind: str
     proc: subprocess.Popen
     phase: str = "claim"
     issue: dict | None = None
     pidfd: int | None = None
+    name: str | None = None
 
     def __post_init__(self):
         self.pidfd = os.pidfd_open(self.proc.pid)  # readable once the child exits
@@ -134,6 +143,9 @@ class Supervisor:
         self.gate_held: dict[str, tuple] = {}  # issue -> (head, until): a gate that reached no verdict
         self.merge_waits: str | None = None    # merge: auto, and main's work tree is not clean
         self.gate_seen, self.gate_recheck_at, self.gate_cached = None, 0.0, []
+        self.timetable = None             # sense.scheduler: supervisor: what is due when
+        self.sense_seen = ()              # factory.yaml as the timetable last read it
+        self.sense_cfg_ok = True
 
     # -- the only supervisor ---------------------------------------------------------
 
@@ -195,6 +207,7 @@ class Supervisor:
                 self.fill()
                 self.fill_gates()
                 self.fill_postmortems()
+                self.fill_sense()
                 if self.until_idle and not self.agents and (not self.work_waiting or self.gave_up) \
                         and not self.postmortems and (self.merge_waits or not self.gate_candidates()):
                     break
@@ -337,6 +350,9 @@ class Supervisor:
             elif a.phase == "postmortem":
                 self.say(f"postmortem of {a.issue['id']} ended: exit {a.proc.returncode}"
                          + (f" (see {self.logs}/{a.issue['id']}.postmortem.log)" if a.proc.returncode else ""))
+            elif a.phase == "sense":
+                self.say(f"{a.kind} {a.name} ended: exit {a.proc.returncode}"
+                         + (f" (see {self.logs}/sense-{a.name}.log)" if a.proc.returncode else ""))
             else:
                 self.settle(a)
 
@@ -535,6 +551,57 @@ class Supervisor:
             proc.stdin.close()
             self.agents.append(Agent(kind="postmortem", proc=proc, phase="postmortem", issue={"id": iid}))
             self.say(f"postmortem started on {iid}")
+
+    # -- sensors and adversaries on their schedules ------------------------------------
+
+    def fill_sense(self, now: datetime | None = None) -> None:
+        """sense.scheduler: supervisor: start each sensor and adversary whose schedule has
+        come due (`now`: the local wall clock, as cron reads it). Nothing due, nothing
+        starts: this reads no more than factory.yaml's stat and the times in memory."""
+        now = now or datetime.now()
+        if not self._read_timetable(now):
+            return
+        for kind, name in self.timetable.due_now(now):
+            if any(a.phase == "sense" and a.name == name for a in self.agents):
+                self.say(f"{kind} {name} is due, but its last run goes on; skipped this time")
+                continue
+            self.start_sense(kind, name)
+
+    def _read_timetable(self, now: datetime) -> bool:
+        """Whether schedules are the supervisor's to fire; the timetable follows factory.yaml
+        as it changes. While factory.yaml is invalid nothing fires (every run would refuse
+        it); once it is fixed, what was missed meanwhile fires once."""
+        from . import config, schedules
+        seen = _signature(self.config_path)
+        if seen != self.sense_seen:
+            self.sense_seen = seen
+            try:
+                cfg = config.load(self.repo.work_tree() or self.repo.git_dir)
+            except config.ConfigError:
+                self.sense_cfg_ok = False  # fill() says why, for the workers too
+                return False
+            self.sense_cfg_ok = True
+            if cfg["sense"]["scheduler"] != "supervisor":
+                self.timetable = None
+            elif self.timetable is None:
+                self.timetable = schedules.Timetable(cfg, now)
+            else:
+                self.timetable.update(cfg, now)
+        return self.timetable is not None and self.sense_cfg_ok
+
+    def start_sense(self, kind: str, name: str) -> None:
+        log = open(os.path.join(self.logs, f"sense-{name}.log"), "ab")
+        try:
+            proc = subprocess.Popen([self.tool("factory-slot"), "-q", kind, "--", self.tool("factory-sense"), "-q",
+                                     name, "--file"], cwd=self.repo.cwd, stdin=subprocess.DEVNULL, stdout=log,
+                                    stderr=log, start_new_session=True)
+        except OSError as e:
+            self.say(f"cannot start {kind} {name}: {e}")
+            return
+        finally:
+            log.close()
+        self.agents.append(Agent(kind=kind, proc=proc, phase="sense", name=name))
+        self.say(f"{kind} {name} started: its schedule came due")
 
     def engine_is_down(self) -> None:
         if not self.engine_down:
