@@ -179,6 +179,7 @@ def test_factory_spawn_refuses_before_anything_is_claimed_or_started(repo, tool_
 FACTORY_CASES = [
     (["status", "-C", "/nonexistent"], None, "'/nonexistent' does not exist"),
     (["issue", "file"], DEEP, "nested more than 64 levels"),  # `factory VERB` passes the code through
+    (["cron", "-C", "/nonexistent"], None, "'/nonexistent' does not exist"),
 ]
 
 

@@ -503,3 +503,14 @@ def test_factory_start_until_idle_does_not_wait_for_a_schedule(tmp_path, tool_en
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines()[-1].endswith("kernel:stopped")
     assert not [n for n in os.listdir(tmp_path / "state" / "logs") if n.startswith("sense-")]
+
+
+def test_the_template_in_cron_is_what_factory_cron_writes():
+    from factory import cron
+    cfg = config.parse("sensors:\n  tests:\n    command: pytest -q\n    schedule: '0 * * * *'\n"
+                       "adversaries:\n  parser:\n    prompt: Find an input that crashes the parser.\n")
+    top, bin_dir = "/home/ann/calc", "/home/ann/calc/.venv/bin"
+    lines = cron.lines(cfg, top, slot=f"{bin_dir}/factory-slot", sense=f"{bin_dir}/factory-sense",
+                       path=f"{bin_dir}:/usr/local/bin:/usr/bin:/bin", log=f"{top}/.git/factory/cron.log", chronic=None)
+    with open(os.path.join(ROOT, "cron", "factory.crontab")) as f:
+        assert cron.block(top, lines) in f.read()

@@ -14,8 +14,12 @@ EXECUTABLES = sorted(n for n in os.listdir(BIN) if n.startswith("factory") and o
 
 
 def verbs(tool):
-    cmd = docs.tools()[tool]
-    return sorted(getattr(cmd, "commands", {}))
+    """Each subcommand's words, subcommands of subcommands too (["image", "build"])."""
+    def walk(cmd, path):
+        for name, sub in sorted(getattr(cmd, "commands", {}).items()):
+            yield path + [name]
+            yield from walk(sub, path + [name])
+    return list(walk(docs.tools()[tool], []))
 
 
 def test_every_executable_is_a_documented_tool():
@@ -24,7 +28,7 @@ def test_every_executable_is_a_documented_tool():
 
 @pytest.mark.parametrize("tool", EXECUTABLES)
 def test_help_documents_exit_codes_and_examples(tool, tool_env, tmp_path):
-    for args in [[tool, "--help"]] + [[tool, v, "--help"] for v in verbs(tool)]:
+    for args in [[tool, "--help"]] + [[tool, *v, "--help"] for v in verbs(tool)]:
         r = run_tool(args, cwd=tmp_path, env=tool_env)
         assert r.returncode == 0, (args, r.stderr)
         assert "Exit codes:" in r.stdout, args

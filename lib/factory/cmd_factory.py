@@ -233,6 +233,10 @@ budgets.attempts; an issue factory-spawn refuses as a task (exit 2) is marked fa
 re-queues their issues once, without counting an attempt. Only one supervisor runs per
 repository. The status is two live lines on a terminal, one line per change otherwise.
 Each agent's stderr goes to `factory logs ISSUE`; the run JSON beside it.
+With sense.scheduler: supervisor (default: cron, see factory cron --help), it also runs
+each sensor and adversary whose schedule comes due while it runs: `factory-slot KIND --
+factory-sense -q NAME --file`, output in <state dir>/logs/sense-NAME.log, one run per name
+at a time; after a gap only the latest missed time fires. --until-idle waits for no schedule.
 SIGTERM (factory stop): no new work, running agents finish (at most 600 s), then exit.
 SIGINT twice or SIGUSR1 (factory stop --now): running agents are stopped at once; their
 runs are recorded and their issues re-queued uncounted.

@@ -26,12 +26,18 @@ def _help(cmd: click.Command, name: str, parent: click.Context | None = None) ->
 
 def render(name: str, cmd: click.Command) -> str:
     text, ctx = _help(cmd, name)
-    out = [f"# {name}\n", "```", text, "```\n"]
+    return "\n".join([f"# {name}\n", "```", text, "```\n"] + _subcommands(cmd, ctx, name))
+
+
+def _subcommands(cmd: click.Command, ctx: click.Context, path: str) -> list[str]:
+    """A section per subcommand, and per subcommand of those (factory image build)."""
+    out = []
     if isinstance(cmd, click.Group):
         for sub in cmd.list_commands(ctx):
-            sub_text, _ = _help(cmd.get_command(ctx, sub), sub, parent=ctx)
-            out += [f"## {name} {sub}\n", "```", sub_text, "```\n"]
-    return "\n".join(out)
+            sub_cmd = cmd.get_command(ctx, sub)
+            sub_text, sub_ctx = _help(sub_cmd, sub, parent=ctx)
+            out += [f"## {path} {sub}\n", "```", sub_text, "```\n"] + _subcommands(sub_cmd, sub_ctx, f"{path} {sub}")
+    return out
 
 
 def pages(root: str) -> dict[str, str]:

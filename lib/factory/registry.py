@@ -27,7 +27,7 @@ class Tool:
 
 
 TOOLS = (
-    Tool("factory", "cmd_factory", "the front end: init, status, start, stop, logs, image, review, approve; factory VERB"),
+    Tool("factory", "cmd_factory", "the front end: init, status, start, stop, logs, image, review, approve, cron; factory VERB"),
     Tool("factory-issue", "cmd_issue", "the git-native issue store"),
     Tool("factory-slot", "cmd_slot", "hold a slot of a kind while a command runs"),
     Tool("factory-spawn", "cmd_spawn", "one agent in one hardened container"),
