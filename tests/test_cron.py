@@ -514,3 +514,32 @@ def test_the_template_in_cron_is_what_factory_cron_writes():
                        path=f"{bin_dir}:/usr/local/bin:/usr/bin:/bin", log=f"{top}/.git/factory/cron.log", chronic=None)
     with open(os.path.join(ROOT, "cron", "factory.crontab")) as f:
         assert cron.block(top, lines) in f.read()
+
+
+def test_a_line_longer_than_cron_reads_is_refused(tmp_path, cron_env):
+    deep = tmp_path / ("a" * 200) / ("b" * 200) / ("c" * 200)
+    deep.mkdir(parents=True)
+    repo = new_repo(deep / "calc")
+    (tmp_path / "crontab.txt").write_bytes(USERS_OWN)
+    for args in (["cron"], ["cron", "install"]):
+        r = factory(args, repo, cron_env)
+        assert r.returncode == 2, r.stderr
+        assert "cron reads no more than 999" in r.stderr and "nothing was changed" in r.stderr
+    assert the_crontab(cron_env) == USERS_OWN and writes(cron_env) == 0
+
+
+def test_the_line_sets_a_short_path_and_flags_before_install_count(tmp_path, cron_env):
+    fakes = tmp_path / "fakes"
+    fakes.mkdir()
+    for name in ("chronic", "sendmail"):
+        executable(fakes / name, "#!/bin/sh\nexit 0\n")
+    env = dict(cron_env, PATH=f"{fakes}{os.pathsep}/nonexistent/elsewhere{os.pathsep}{cron_env['PATH']}")
+    repo = new_repo(tmp_path / "calc")
+    assert factory(["cron", "--log", "install"], repo, env).returncode == 0
+    text = the_crontab(env).decode()
+    assert text.count("cron.log 2>&1") == 2 and f"{fakes}/chronic" not in text, "factory cron --log install"
+    assert "/nonexistent/elsewhere" not in text, "not the whole of this shell's PATH"
+    path = text.split(" PATH=")[1].split(" ")[0].split(":")
+    assert path[0] == BIN and {"/usr/local/bin", "/usr/bin", "/bin"} <= set(path) and len(path) == len(set(path))
+    r = factory(["cron", "--json", "install"], repo, env)
+    assert r.returncode == 2 and "--json is for printing the lines" in r.stderr

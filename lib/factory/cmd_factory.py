@@ -4,6 +4,7 @@ exit code through (it replaces this process)."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import sys
@@ -517,8 +518,8 @@ Exit codes:
   1  the crontab could not be read or written (no crontab program, it refused), or it
      holds this repository's BEGIN marker without its END (or the other way round):
      nothing was changed
-  2  usage or bad input: not a repository, an invalid factory.yaml, a repository path
-     that a crontab line cannot carry (a newline); nothing was changed"""
+  2  usage or bad input: not a repository, an invalid factory.yaml, a path that a
+     crontab line cannot carry (a newline, too long); nothing was changed"""
 
 
 @cli.group("cron", invoke_without_command=True, context_settings=CONTEXT_SETTINGS, epilog=f"""
@@ -534,10 +535,11 @@ hand only), as the block `factory cron install` writes into your crontab:
 
 \b
 REPO is the repository's absolute path, so each repository keeps a block of its own.
-Every program is named by its absolute path, and PATH (with FACTORY_CONFIG,
-FACTORY_STATE_DIR, FACTORY_SLOTS_DIR, FACTORY_RUNS_DIR, FACTORY_CPUS, FACTORY_MEMORY,
-FACTORY_MODEL and FACTORY_DEBIAN_MIRROR, where set) is set on each line, so cron runs
-what this shell would. The output is kept, never thrown away: under chronic where chronic
+Every program is named by its absolute path. PATH (the tools' directory, where this
+shell finds python3, git and docker, then /usr/local/bin:/usr/bin:/bin) is set on each
+line, with FACTORY_CONFIG, FACTORY_STATE_DIR, FACTORY_SLOTS_DIR, FACTORY_RUNS_DIR,
+FACTORY_CPUS, FACTORY_MEMORY, FACTORY_MODEL and FACTORY_DEBIAN_MIRROR where set, so cron
+runs what this shell would. A line longer than cron reads (999 characters) is refused. The output is kept, never thrown away: under chronic where chronic
 and a mailer are installed (cron mails a failed run's output), otherwise (or with --log)
 appended to <state dir>/cron.log. ANTHROPIC_API_KEY is never written into a crontab.
 With sense.scheduler: supervisor, factory start fires the schedules instead.
@@ -561,6 +563,9 @@ Examples:
 def cron(ctx, as_json, log_always):
     """The crontab lines that run sensors and adversaries on their schedules."""
     if ctx.invoked_subcommand:
+        if as_json:
+            raise click.UsageError("--json is for printing the lines: factory cron --json")
+        ctx.obj = {"log_always": log_always}  # factory cron --log install means install --log
         return
     from . import schedules
     plan = _cron_plan(log_always)
@@ -604,10 +609,11 @@ Examples:
 @click.option("--log", "log_always", is_flag=True, help="Append the output to <state dir>/cron.log even "
                                                         "where chronic could mail it.")
 @repo_option
-def cron_install(log_always):
+@click.pass_context
+def cron_install(ctx, log_always):
     """Install this repository's schedules in your crontab."""
     from . import cron as cron_, crontab
-    plan = _cron_plan(log_always)
+    plan = _cron_plan(log_always or (ctx.obj or {}).get("log_always", False))
     if plan.cfg["sense"]["scheduler"] == "supervisor":
         raise BadInput(TOOL, "factory.yaml says sense.scheduler: supervisor, so factory start fires the "
                              "schedules; in cron too, each would run twice. Nothing was changed (set "
@@ -672,9 +678,14 @@ def cron_uninstall():
     return 0
 
 
+@dataclasses.dataclass
 class _CronPlan:
-    def __init__(self, **kw):
-        self.__dict__.update(kw)
+    cfg: dict
+    top: str                 # the repository, as its block names it
+    lines: list              # cron.Line, one per schedule
+    block: str | None        # None: nothing is scheduled
+    log: str                 # where the output goes without chronic
+    chronic: str | None
 
 
 def _cron_top(repo) -> str:
@@ -696,10 +707,7 @@ def _cron_plan(log_always: bool) -> _CronPlan:
         sense = os.path.join(beside, "factory-sense")
         if schedules.scheduled(cfg):
             say(TOOL, f"warning: factory-sense is not installed yet; the lines name it as {sense}")
-    path = os.environ.get("PATH") or os.defpath
-    for d in sorted({os.path.dirname(slot), os.path.dirname(sense)}, reverse=True):
-        if d not in path.split(os.pathsep):
-            path = d + os.pathsep + path  # what the tools run by name (factory-issue, ...)
+    path = cron_.run_path([os.path.dirname(slot), os.path.dirname(sense)])  # tools run tools by name
     log = os.path.join(os.path.abspath(state_dir(repo)), cron_.LOG_NAME)
     chronic = None if log_always else cron_.chronic_path()
     try:
@@ -708,7 +716,7 @@ def _cron_plan(log_always: bool) -> _CronPlan:
         block = cron_.block(top, lines)
     except cron_.CronError as e:
         raise BadInput(TOOL, f"{e}; nothing was changed")
-    return _CronPlan(repo=repo, cfg=cfg, top=top, lines=lines, block=block, log=log, chronic=chronic)
+    return _CronPlan(cfg=cfg, top=top, lines=lines, block=block, log=log, chronic=chronic)
 
 
 FINISHED = ("done", "closed", "failed")  # nothing left to approve

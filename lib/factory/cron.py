@@ -12,8 +12,8 @@ A line per sensor and adversary with a schedule. Each runs `factory-sense NAME -
 under `factory-slot KIND`, so that what cron starts counts against the slot quotas like
 what the supervisor starts. Everything is named by an absolute path, and PATH is set on
 the line (not as a crontab variable line, which would hold for every line after the
-block too), so that cron, which starts with a bare environment, finds what this shell
-finds: docker, git, python. The KEPT_BY_CRON variables set here go along (env.py).
+block too), so that cron, which starts with a bare environment, finds python, git and
+docker where this shell finds them. The KEPT_BY_CRON variables set here go along (env.py).
 
 Output is never thrown away. Where chronic (moreutils) is installed and a mailer is there
 for cron to mail with, the run goes under chronic: silent when it succeeds, mailed in
@@ -33,6 +33,11 @@ from . import schedules
 
 MAILERS = ("/usr/sbin/sendmail", "/usr/lib/sendmail")   # where Debian's cron looks for one
 LOG_NAME = "cron.log"
+# Vixie cron (Debian's) reads at most 999 characters of a command and drops the rest
+# without a word: a longer line is refused here instead.
+MAX_LINE = 999
+HOST_PROGRAMS = ("python3", "git", "docker")   # what the tools run on the host
+STANDARD_PATH = ("/usr/local/bin", "/usr/bin", "/bin")
 
 
 class CronError(ValueError):
@@ -62,6 +67,14 @@ def chronic_path() -> str | None:
     return path if path and mail_works() else None
 
 
+def run_path(tool_dirs: list[str]) -> str:
+    """The PATH a line gives its run: the tools' directories, the directories this process
+    finds python3, git and docker in, then the standard ones. Not all of this PATH: cron
+    reads only so much of a line."""
+    dirs = list(tool_dirs) + [os.path.dirname(p) for p in map(shutil.which, HOST_PROGRAMS) if p]
+    return os.pathsep.join(dict.fromkeys(dirs + list(STANDARD_PATH)))
+
+
 def _cron_word(value: str, what: str) -> str:
     """`value` as one shell word on a crontab line. cron ends a line at a newline and turns
     an unescaped % into one, so control characters are refused and % is escaped."""
@@ -85,7 +98,12 @@ def lines(cfg: dict, top: str, *, slot: str, sense: str, path: str, log: str, ch
             command = f"{cd} && {assign} {_cron_word(chronic, 'chronic')} {run}"
         else:
             command = f"{cd} && {assign} {run} >> {_cron_word(log, 'the log')} 2>&1"
-        out.append(Line(kind, name, schedule, f"{schedule} {command}"))
+        text = f"{schedule} {command}"
+        if len(text) > MAX_LINE:
+            raise CronError(f"the crontab line for {kind} {name} would be {len(text)} characters long, and cron "
+                            f"reads no more than {MAX_LINE}: give the repository, factory or the FACTORY_* "
+                            "variables set here shorter paths")
+        out.append(Line(kind, name, schedule, text))
     return out
 
 

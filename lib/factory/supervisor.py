@@ -559,8 +559,8 @@ class Supervisor:
         come due (`now`: the local wall clock, as cron reads it). Nothing due, nothing
         starts: this reads no more than factory.yaml's stat and the times in memory."""
         now = now or datetime.now()
-        if not self._read_timetable(now):
-            return
+        if not self._read_timetable(now) or self.engine_down:
+            return  # what comes due meanwhile fires once, when it can run again
         for kind, name in self.timetable.due_now(now):
             if any(a.phase == "sense" and a.name == name for a in self.agents):
                 self.say(f"{kind} {name} is due, but its last run goes on; skipped this time")
