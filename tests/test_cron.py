@@ -543,3 +543,21 @@ def test_the_line_sets_a_short_path_and_flags_before_install_count(tmp_path, cro
     assert path[0] == BIN and {"/usr/local/bin", "/usr/bin", "/bin"} <= set(path) and len(path) == len(set(path))
     r = factory(["cron", "--json", "install"], repo, env)
     assert r.returncode == 2 and "--json is for printing the lines" in r.stderr
+
+
+def test_the_supervisor_wakes_for_the_next_due_time_but_never_spins(tmp_path, monkeypatch):
+    import io
+
+    from factory import supervisor
+    from factory.gitstore import Repo
+    repo = new_repo(tmp_path / "calc")
+    monkeypatch.setenv("FACTORY_STATE_DIR", str(tmp_path / "state"))
+    sup = supervisor.Supervisor(Repo(str(repo)), config.load(str(repo)), out=io.StringIO())
+    assert sup.sleep_for() == supervisor.POLL_S, "no timetable: the usual poll"
+    now = datetime.now()
+    sup.timetable = schedules.Timetable(config.parse(SCHEDULED), now)
+    entry = sup.timetable.entries["tests"]
+    entry.next = now + timedelta(seconds=0.5)
+    assert 0 < sup.sleep_for() <= 0.5
+    entry.next = now - timedelta(seconds=5)  # due, but it could not fire (the engine is down)
+    assert sup.sleep_for() == supervisor.POLL_S

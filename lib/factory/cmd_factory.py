@@ -619,11 +619,11 @@ def cron_install(ctx, log_always):
                              "schedules; in cron too, each would run twice. Nothing was changed (set "
                              "sense.scheduler: cron to use cron, or run factory cron uninstall)")
     begin, end = cron_.markers(plan.top)
-    if plan.block and not plan.chronic:
-        os.makedirs(os.path.dirname(plan.log), exist_ok=True)  # `>>` does not make its directory
     try:
         current = crontab.read()
         new = crontab.set_block(current, begin, end, plan.block)
+        if plan.block and not plan.chronic:
+            os.makedirs(os.path.dirname(plan.log), exist_ok=True)  # `>>` does not make its directory
         if new != current:
             crontab.write(new)
     except crontab.CrontabError as e:

@@ -47,12 +47,12 @@ def check(schedule) -> str | None:
             why = _field_problem(n, part)
             if why:
                 return f"{schedule!r} {HINT}: its {FIELDS[n]} field {part!r} {why}"
-    from croniter import CroniterError, croniter
+    from croniter import CroniterBadDateError, CroniterError, croniter
     try:
         croniter(text, datetime(2000, 1, 1)).get_next(datetime)
+    except CroniterBadDateError:  # croniter looked years ahead and found no such day
+        return f"{schedule!r} never comes due (no such date)"
     except CroniterError as e:
-        if "find next date" in str(e):
-            return f"{schedule!r} never comes due (no such date)"
         detail = str(e).removeprefix(f"[{text}] ").replace("is not acceptable, ", "")
         return f"{schedule!r} {HINT} (croniter: {detail})"
     return None

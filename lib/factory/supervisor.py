@@ -214,7 +214,7 @@ class Supervisor:
             self.render()
             try:
                 fds = [wake_r] + [a.pidfd for a in self.agents]
-                ready, _, _ = select.select(fds, [], [], POLL_S)
+                ready, _, _ = select.select(fds, [], [], self.sleep_for())
                 while wake_r in ready and os.read(wake_r, 4096):
                     pass
             except (BlockingIOError, InterruptedError):
@@ -225,6 +225,13 @@ class Supervisor:
             self.say(f"giving up (--until-idle): {self.gave_up}")
             return EXIT_CANNOT_FIT
         return exits.OK
+
+    def sleep_for(self) -> float:
+        """POLL_S, or less where a schedule comes due sooner. A due time already past is
+        one that cannot fire yet (the engine is down, factory.yaml invalid): no hurry."""
+        due = self.timetable.next_due() if self.timetable else None
+        left = (due - datetime.now()).total_seconds() if due else POLL_S
+        return min(POLL_S, left) if left > 0 else POLL_S
 
     def stop(self, how: str) -> None:
         if how == "now":
