@@ -14,6 +14,7 @@ from typing import Any
 
 CONFIG_NAME = "factory.yaml"
 from .registry import SLOT_KINDS
+from .catalog import SHIPPED_ADVERSARIES, SHIPPED_SENSORS
 
 
 class ConfigError(ValueError):
@@ -191,6 +192,9 @@ class Named:
     required: tuple = ()
     one_of: tuple = ()
     default: dict = field(default_factory=dict)
+    # Names with a shipped definition (catalog.py): such an entry may give none of
+    # `required` and `one_of`, and takes what it leaves out from the catalog.
+    catalog: tuple = ()
 
 
 # What a harvest leaves out of an agent's branch besides what the repository ignores:
@@ -270,7 +274,16 @@ SCHEMA: dict[str, Any] = {
         "prompt": Str(None, nullable=True),
         "schedule": Str("@hourly", pattern=CRON_PATTERN, hint="is not a cron schedule such as '0 * * * *' or @daily"),
         "map": Str(None, nullable=True),
-    }, one_of=("command", "prompt")),
+        "target": Choice("main", ("main", "review")),
+    }, one_of=("command", "prompt"), catalog=SHIPPED_SENSORS),
+    "adversaries": Named({
+        "prompt": Str(None, nullable=True),
+        "schedule": Str("@daily", pattern=CRON_PATTERN, hint="is not a cron schedule such as '0 3 * * *' or @daily"),
+        "target": Choice("main", ("main", "review")),
+    }, required=("prompt",), catalog=SHIPPED_ADVERSARIES),
+    "sense": {
+        "min_precision": Float(0.5),
+    },
     "peers": Named({
         "url": PeerUrl(),
         "trust": Choice("untrusted", ("trusted", "untrusted")),
@@ -397,18 +410,33 @@ budgets:
   attempts: 3                   # runs per issue before it is marked failed
   retry_backoff_seconds: 60     # a failed issue waits this long, doubled per attempt
 
-# Sensors, by name. Each gives exactly one of:
+# Sensors, by name (factory-sense; see docs/sense.md). Each gives exactly one of:
 #   command:  a shell command run in an agent container; its output becomes findings
 #   prompt:   instructions for a model agent that compares intent with the repository
 # and may give:
 #   schedule: a cron schedule (default @hourly)
 #   map:      a jq expression turning the command's output into finding objects
+#   target:   main (default), or review: each branch waiting in review
+# Shipped ones are enabled by name alone: `tests: {}` (the test suite, one finding per
+# failing test), `drift: {}` (a model compares intent/specs and principles with the code).
 # Example:
-#   tests:
-#     command: pytest -q
+#   lint:
+#     command: ruff check --output-format json . 2>/dev/null
 #     schedule: "0 * * * *"
-#     map: 'select(.outcome == "failed") | {title: .nodeid}'
+#     map: '.[] | {title: (.code + " " + .message), fingerprint: ("ruff:" + .filename + ":" + .code)}'
 sensors: {}
+
+# Adversaries, by name: a model attacks main (or, target: review, each branch in review)
+# and reports failures with a reproduction, re-run in a fresh container before anything
+# is filed. Each gives prompt: (a red-team brief, or a synthetic user's persona and
+# goal), and may give schedule: (default @daily) and target:. Shipped, enabled by name
+# alone: `redteam: {}` (bad input, edge cases, concurrency), `newcomer: {}` (follows the
+# README on a fresh clone).
+adversaries: {}
+
+# Sensing: a source (sensor or adversary) whose findings turn out useless is muted.
+sense:
+  min_precision: 0.5    # below this share of useful findings (after 5 findings) a source is muted
 
 # Other factories this one files issues on, by name. Example:
 #   libfoo:
@@ -466,6 +494,12 @@ def _check(node, schema, path, problems, name):
                 continue
             entry = _check(vnode, schema.entry, epath, problems, name)
             full = {k: entry.get(k, _defaults(s)) for k, s in schema.entry.items()}
+            if entry_name in schema.catalog:
+                if schema.one_of and sum(full.get(k) is not None for k in schema.one_of) > 1:
+                    problems.append(f"{name} line {vnode.start_mark.line + 1}: {epath}: give at most one of "
+                                    f"{' or '.join(schema.one_of)} (none: the shipped definition)")
+                out[entry_name] = full
+                continue
             for req in schema.required:
                 if full.get(req) is None:
                     problems.append(f"{name} line {vnode.start_mark.line + 1}: {epath}.{req}: is required")
