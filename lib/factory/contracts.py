@@ -632,8 +632,7 @@ def validate_finding(obj) -> dict:
     for k in ("title", "severity", "fingerprint", "source"):
         if obj.get(k) is None:
             raise ContractError(k, "is missing; a finding needs title, severity, fingerprint and source")
-    out = {k: obj[k] for k in DRAFT_FIELDS if k in obj}
-    out["v"] = FINDING_VERSION
+    out = {"v": FINDING_VERSION}
     out["title"] = _field("title", obj["title"])
     out["body"] = _field("body", obj.get("body", ""))
     out["severity"] = _choice("severity", obj["severity"], SEVERITIES)
@@ -655,6 +654,7 @@ def validate_finding(obj) -> dict:
     if confirmed is not None and not isinstance(confirmed, dict):
         raise ContractError("confirmed", "must be null or an object (the reproduction's re-run)")
     out["confirmed"] = confirmed
+    out.update({k: obj[k] for k in DRAFT_FIELDS if k in obj and k not in out})  # labels, priority, ...
     return out
 
 
