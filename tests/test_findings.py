@@ -135,3 +135,35 @@ def test_concurrent_filers_of_one_signature_file_once_and_one_regression_once(gi
     assert len(regs) == 1 and regs[0]["id"] == out[0]["id"]
     comments = [c for c in store.get(first)["comments"] if "regression" in c["text"]]
     assert len(comments) == 1
+
+
+# -- precision and muting (sense.py), from git alone -------------------------------------
+
+def test_precision_counts_filed_not_useful_and_dropped_and_mutes_a_poor_source(git_repo, tool_env):
+    from factory import runs
+    from factory.redact import Redactor
+    filed = [file(git_repo, tool_env, dict(FINDING, source="sensor:noisy", fingerprint=f"noisy:{n}"))[1][0]
+             for n in range(4)]
+    for issue in filed[:3]:
+        p = run_tool(["factory-issue", "update", issue["id"], "--label", "not-useful"], cwd=git_repo,
+                     env=tool_env)
+        assert p.returncode == 0, p.stderr
+        assert run_tool(["factory-issue", "close", issue["id"]], cwd=git_repo, env=tool_env).returncode == 0
+    runs.record(Repo(str(git_repo)), {"run": "20260101T000000Z-00000001", "status": "ok", "kind": "sensor",
+                                      "source": "sensor:noisy", "counts": {"dropped": 2}}, [], "", Redactor())
+    (git_repo / "factory.yaml").write_text("sensors:\n  noisy:\n    command: 'true'\n")
+    p = run_tool(["factory", "status", "--json"], cwd=git_repo, env=tool_env)
+    row = json.loads(p.stdout)["sensing"]["sources"]["sensor:noisy"]
+    assert (row["filed"], row["not_useful"], row["dropped"]) == (4, 3, 2)
+    assert row["precision"] == round(1 / 6, 3) and "muted" in row["muted"]
+    p = run_tool(["factory", "status"], cwd=git_repo, env=tool_env)
+    assert "source   sensor:noisy: precision 0.17" in p.stdout and "below sense.min_precision 0.5" in p.stdout
+    p = run_tool(["factory-sense", "--file"], cwd=git_repo, env=tool_env)  # all enabled: the muted one is skipped
+    assert p.returncode == 0 and p.stdout == "" and "sensor:noisy: muted: precision 0.17" in p.stderr
+    assert len(Repo(str(git_repo)).refs("refs/factory/runs/")) == 1  # nothing ran
+
+
+def test_a_sensor_at_work_shows_in_the_status_in_its_own_slot(git_repo, tool_env):
+    p = run_tool(["factory-slot", "sensor", "--", "factory", "status", "--json"], cwd=git_repo, env=tool_env)
+    at_work = json.loads(p.stdout)["sensing"]["at_work"]
+    assert [w["kind"] for w in at_work] == ["sensor"] and "factory status" in at_work[0]["command"]
