@@ -50,7 +50,8 @@ Exit codes:
   0    every source looked (whatever it found)
   2    usage: an unknown name, not in a git repository; nothing ran
   {exits.SENSE_ERROR}    a source could not look (no Docker engine, no image, the model API
-       refused): the others still ran
+       refused), or its agent ended in error (what it reported before is still
+       handled): the others still ran
   {exits.SENSE_CONFIG}   factory.yaml is invalid; nothing ran
 
 \b
@@ -109,6 +110,8 @@ def cli(names, file_, pretty, quiet):
             emit(f, pretty=pretty)
         sys.stdout.flush()
         log(f"{run['reason']} (run {run['run']})")
+        if run["status"] == "error":
+            code = exits.SENSE_ERROR
     return code
 
 

@@ -103,25 +103,34 @@ def observe_command(repo, cfg, source, target, log) -> tuple[list[dict], bool, d
     return found[:sensors.MAX_FINDINGS_PER_RUN], covered, ran
 
 
-def observe_model(repo, cfg, source, target, log, run_id) -> tuple[list[dict], bool, dict]:
+def observe_model(repo, cfg, source, target, log, run_id, n=0) -> tuple[list[dict], bool, dict]:
     """(findings, covered, what ran) of a model sensor or adversary: an agent in its own
-    container on the target, reporting with report_finding. A model is never exhaustive:
-    its run covers nothing, and its fixes are verified by their reproductions alone."""
+    container on the target (the n-th of this run), reporting with report_finding. A model
+    is never exhaustive: its run covers nothing, and its fixes are verified by their
+    reproductions alone. What ran counts the report_finding calls the agent refused as
+    malformed (findings_refused)."""
     from . import spawn
     task = {"kind": source.kind, source.kind: {"name": source.name, "prompt": source.prompt},
             "ref": target.commit, "budgets": {}}
+    agent_run = f"{run_id}-agent" + (f"-{n}" if n else "")  # one agent per target
     run = spawn.run_task(contracts.validate_task(task), repo, cfg,
-                         log=spawn.Log(echo=False, tool="factory-sense"), run_id=f"{run_id}-agent")
+                         log=spawn.Log(echo=False, tool="factory-sense"), run_id=agent_run)
     if run.get("infra"):
         raise SenseError(f"the {source.kind} agent could not run: {run.get('reason')}")
+    if run["status"] != "ok":  # it looked, but not to its end: what it reported still counts
+        log(f"{source.source}: the agent on {target.name} ended {run['status']}: {run.get('reason')} "
+            f"(its record: refs/factory/runs/{run['run']})")
     found = []
     for f in run.get("findings") or []:
+        if not isinstance(f, dict):
+            f = {"title": f}  # not a finding: validation counts it invalid
         f = dict(f)
         fp = str(f.get("fingerprint") or "")
         f["fingerprint"] = fp if fp.startswith(f"{source.name}:") else f"{source.name}:{fp}"
         found.append(f)
     return found[:sensors.MAX_FINDINGS_PER_RUN], False, {"agent_run": run["run"], "status": run["status"],
-                                                        "reason": run.get("reason")}
+                                                        "reason": run.get("reason"),
+                                                        "findings_refused": run.get("findings_refused", 0)}
 
 
 # -- believing ----------------------------------------------------------------------------
@@ -142,6 +151,14 @@ def reproduce(repo, cfg, commit: str, command: str, kind: str, log) -> dict:
 
 def confirm(repo, cfg, source, target, finding: dict, log) -> tuple[dict | None, str | None]:
     """(the finding as believed, or None; why it was dropped)."""
+    if source.quotes:  # the source must quote what it is about: checked here, not trusted
+        files = {}
+        for prefix in source.quotes:
+            files.update(repo.read_tree(target.commit, prefix))
+        said = f"{finding['body']}\n{finding['evidence']}"
+        if sensors.quoted_line(said, sensors.quotable_lines(files)) is None:
+            return None, (f"it quotes no line of {' or '.join(source.quotes)} at {target.commit[:12]} "
+                          "(a finding must quote, exactly, the line it is about)")
     repro = finding.get("reproduction")
     if not repro:
         if source.kind == "adversary":
@@ -150,7 +167,9 @@ def confirm(repo, cfg, source, target, finding: dict, log) -> tuple[dict | None,
     on_target = reproduce(repo, cfg, target.commit, repro, source.kind, log)
     if not on_target["fails"]:
         why = (f"its reproduction exits {on_target['exit_code']} on {target.name}"
-               + (" (timed out)" if on_target["timed_out"] else ""))
+               + (" (timed out)" if on_target["timed_out"] else "")
+               + (": it cannot run there (not found, or not executable in a fresh checkout)"
+                  if on_target["exit_code"] in CANNOT_RUN else ""))
         if source.kind == "adversary":
             return None, why
         return dict(finding, reproduction=None, evidence=(finding.get("evidence") or "")
@@ -176,9 +195,10 @@ def run_source(repo, cfg, store: IssueStore, source: sensors.Source, *, file: bo
               "regressions": 0}
     findings, dropped, looked, verified, issues = [], [], [], [], []
     redactor = Redactor()  # what a command printed may hold a secret: masked before it goes anywhere
-    for target in targets(repo, store, source):
+    for n, target in enumerate(targets(repo, store, source)):
         if source.is_model:
-            raw, covered, ran = observe_model(repo, cfg, source, target, log, run_id)
+            raw, covered, ran = observe_model(repo, cfg, source, target, log, run_id, n)
+            counts["invalid"] += ran["findings_refused"]
         else:
             raw, covered, ran = observe_command(repo, cfg, source, target, log)
         seen = set()
@@ -214,8 +234,12 @@ def run_source(repo, cfg, store: IssueStore, source: sensors.Source, *, file: bo
             issues.append({"id": issue["id"], "fingerprint": issue["fingerprint"], "filed": filed,
                            "state": issue["state"]})
     counts["verified_fixed"] = len(verified)
+    # An agent that ended in error did not look to its end: its findings are used, but
+    # the run is an error (factory-sense exits non-zero), not a clean bill of health.
+    cut = [f"the agent on {x['target']} ended in error: {x['reason']}" for x in looked if x.get("status") == "error"]
     run = {"v": 1, "run": run_id, "kind": source.kind, "source": source.source, "name": source.name,
-           "status": "ok", "reason": _summary(source, counts, file), "filed": file, "looked": looked,
+           "status": "error" if cut else "ok", "reason": "; ".join([_summary(source, counts, file), *cut]),
+           "filed": file, "looked": looked,
            "findings": findings, "dropped": dropped, "issues": issues, "verified_fixed": verified,
            "counts": counts, "started": started, "ended": now_iso()}
     run["record"] = runs.record(repo, run, [], "", redactor)
@@ -224,7 +248,7 @@ def run_source(repo, cfg, store: IssueStore, source: sensors.Source, *, file: bo
 
 def _summary(source, counts, file) -> str:
     c = counts
-    text = f"{source.source}: saw {c['seen']}, dropped {c['dropped']} unconfirmed"
+    text = f"{source.source}: saw {c['seen']}, dropped {c['dropped']} unconfirmed, {c['invalid']} invalid"
     if file:
         text += (f", filed {c['filed']} ({c['regressions']} regressions), {c['duplicate']} duplicates, "
                  f"{c['verified_fixed']} verified fixed")

@@ -34,6 +34,7 @@ class Source:
     parser: str | None     # "tests": one finding per failing test
     target: str            # main | review
     schedule: str
+    quotes: tuple = ()     # a finding must quote a line of a file under one of these folders (drift)
 
     @property
     def source(self) -> str:
@@ -78,7 +79,35 @@ def _source(kind: str, name: str, entry: dict) -> Source:
     merged = {**shipped, **mine}
     return Source(name=name, kind=kind, command=merged.get("command"), prompt=merged.get("prompt"),
                   map=merged.get("map"), parser=merged.get("parser"), target=merged.get("target", "main"),
-                  schedule=merged.get("schedule", "@hourly"))
+                  schedule=merged.get("schedule", "@hourly"), quotes=tuple(merged.get("quotes") or ()))
+
+
+# -- the quote rule -------------------------------------------------------------------
+
+MIN_QUOTE_CHARS = 12   # shorter lines ("- yes", "Exit codes") say too little to count as a quote
+_MARKUP = re.compile(r"^(?:[-*+>]\s+|\d+[.)]\s+|>\s*)+")
+
+
+def quotable_lines(files: dict[str, bytes]) -> list[str]:
+    """The lines of these markdown files a finding may quote: normalised (list markers
+    and quote marks dropped, spaces collapsed), headings and short lines left out."""
+    out = []
+    for content in files.values():
+        for line in content.decode("utf-8", errors="replace").splitlines():
+            line = _normal(line)
+            if len(line) >= MIN_QUOTE_CHARS and not line.startswith("#"):
+                out.append(line)
+    return out
+
+
+def quoted_line(text: str, lines: list[str]) -> str | None:
+    """The first of `lines` that `text` quotes (each of its lines normalised alike), or None."""
+    said = "\n".join(_normal(t) for t in text.splitlines())
+    return next((line for line in lines if line in said), None)
+
+
+def _normal(line: str) -> str:
+    return " ".join(_MARKUP.sub("", line.strip()).split())
 
 
 # -- test runners' output --------------------------------------------------------------
