@@ -23,6 +23,7 @@ bench:
     python3 bench/spawn_bench.py
     python3 bench/supervisor_bench.py
     python3 bench/gate_bench.py
+    python3 bench/sense_bench.py
 
 # compare runc with runsc (gVisor) on an engine of its own (root; runsc installed: ./setup --runsc)
 bench-runtime:

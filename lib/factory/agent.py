@@ -32,6 +32,8 @@ FINDING_TOOL = {
             "severity": {"type": "string", "enum": ["low", "medium", "high", "critical"]},
             "fingerprint": {"type": "string", "description": "A stable name for this problem, the same every "
                                                              "time it is seen (e.g. file:function:symptom)."},
+            "evidence": {"type": "string", "description": "What shows it: output, or the lines it is about, "
+                                                          "quoted exactly."},
             "reproduction": {"type": "string", "description": "A shell command, run from /workspace/repo, "
                                                               "that exits non-zero because of the problem."},
         },
@@ -105,6 +107,7 @@ class Outcome:
     usage: Usage = field(default_factory=Usage)
     cost_usd: float = 0.0
     findings: list = field(default_factory=list)
+    findings_refused: int = 0     # report_finding calls refused as malformed (the model was told)
     postmortem: dict | None = None  # the postmortem agent's report, once it made a valid one
     transcript: list = field(default_factory=list)
     model_retries: int = 0       # retries of model requests, the failed last request's included
@@ -138,6 +141,7 @@ class Agent:
         self.on_turn = on_turn
         self.cwd = REPO_DIR
         self.findings: list[dict] = []
+        self.findings_refused = 0
         self.postmortem: dict | None = None
         self.editor = editor.Editor(sandbox)
         # Called once before the first tool runs: the checkout is made while the first
@@ -210,6 +214,7 @@ class Agent:
                 break
         self._strip_cache_breakpoints(messages)
         out.findings = self.findings
+        out.findings_refused = self.findings_refused
         out.postmortem = self.postmortem
         return out
 
@@ -267,6 +272,8 @@ class Agent:
             raise ContainerGone(f"the container is gone (killed from outside, or past its deadline): {e}")
         except (ToolInputError, editor.EditorError) as e:
             text, is_error = str(e), True
+            if name == "report_finding":
+                self.findings_refused += 1
         except Exception as e:
             # A failure of factory's own, not of the call: the model is told, the run goes on
             # (a crash here would end it with nothing to show), and the log keeps the cause.
@@ -320,12 +327,26 @@ class Agent:
         return (output + (f"\n[exit code {r.exit_code}]" if r.exit_code else "")).strip("\n"), bool(r.exit_code)
 
     def _finding(self, args: dict):
-        missing = [k for k in ("title", "body", "severity", "fingerprint") if not isinstance(args.get(k), str)]
+        """Record one finding, its fields checked against the tool's schema: a malformed
+        call is refused and the model told why, so it can call again."""
+        props = FINDING_TOOL["input_schema"]["properties"]
+        missing = [k for k in FINDING_TOOL["input_schema"]["required"] if args.get(k) is None]
         if missing:
-            raise ToolInputError(f"report_finding needs {', '.join(missing)}")
-        if self.kind == "adversary" and not args.get("reproduction"):
+            raise ToolInputError(f"report_finding needs {', '.join(missing)}; the finding was not recorded")
+        for k, v in args.items():
+            if k not in props:
+                raise ToolInputError(f"report_finding has no parameter `{k}` (its parameters: {', '.join(props)}); "
+                                     "the finding was not recorded")
+            if v is not None and not isinstance(v, str):
+                raise ToolInputError(f"report_finding's `{k}` must be a string, not {type(v).__name__}"
+                                     + (" (one shell command line)" if k == "reproduction" else "")
+                                     + "; the finding was not recorded")
+        if args["severity"] not in props["severity"]["enum"]:
+            raise ToolInputError(f"report_finding's `severity` must be one of {', '.join(props['severity']['enum'])}, "
+                                 f"not {args['severity'][:40]!r}; the finding was not recorded")
+        if self.kind == "adversary" and not (args.get("reproduction") or "").strip():
             return "an adversary's finding needs a `reproduction` command; it was not recorded", True
-        finding = {k: args[k] for k in ("title", "body", "severity", "fingerprint", "reproduction") if args.get(k)}
+        finding = {k: args[k] for k in props if args.get(k)}
         self.findings.append(finding)
         return f"recorded finding {len(self.findings)}: {finding['title']}", False
 

@@ -26,7 +26,8 @@ class CheckRunError(Exception):
 
 
 def run_checks(repo, cfg: dict, commit: str, checks: list[dict], *, env: dict | None = None,
-               timeout_s: float = 600, log=None, kind: str = "gate") -> list[dict]:
+               timeout_s: float = 600, log=None, kind: str = "gate",
+               output_limit: int = OUTPUT_TAIL_CHARS) -> list[dict]:
     """Run each {"name", "command"} with `bash -c` at the top of `commit`'s tree, in one
     container; return one {"name", "command", "exit_code", "ok", "timed_out",
     "output_tail", "seconds"} per check, in order. `timeout_s` bounds all of them
@@ -36,7 +37,7 @@ def run_checks(repo, cfg: dict, commit: str, checks: list[dict], *, env: dict | 
         return []
     box = CheckBox(repo, cfg, kind=kind, deadline_s=timeout_s + 300, log=log)
     try:
-        return box.run(commit, checks, env=env, timeout_s=timeout_s)
+        return box.run(commit, checks, env=env, timeout_s=timeout_s, output_limit=output_limit)
     finally:
         box.close()
 
@@ -71,7 +72,10 @@ class CheckBox:
         except Exception as e:  # raised again in the caller's thread
             self.error = e
 
-    def run(self, commit: str, checks: list[dict], *, env: dict | None = None, timeout_s: float = 600) -> list[dict]:
+    def run(self, commit: str, checks: list[dict], *, env: dict | None = None, timeout_s: float = 600,
+            output_limit: int = OUTPUT_TAIL_CHARS) -> list[dict]:
+        """output_limit: how much of each check's output's end its result keeps (a sensor
+        parses more of it than a verdict shows)."""
         deadline = time.monotonic() + timeout_s
         self._thread.join()
         if self.error:
@@ -90,11 +94,12 @@ class CheckBox:
                                                                "ran out before it", 0.0))
                     continue
                 self.log(f"check {check['name']}: {check['command']}")
-                r = sb.exec(check["command"], timeout=left, workdir=sandbox.WORKSPACE + "/repo", env=env)
+                r = sb.exec(check["command"], timeout=left, workdir=sandbox.WORKSPACE + "/repo", env=env,
+                            max_output=max(30000, output_limit))
                 out = r.output
                 if r.timed_out:
                     out += f"\n[factory: the check was stopped after {left:.0f} s (gate.timeout_seconds)]"
-                results.append(_result(check, r.exit_code, r.timed_out, out, r.duration))
+                results.append(_result(check, r.exit_code, r.timed_out, out, r.duration, output_limit))
             return results
         except (sandbox.SandboxError, sandbox.EngineUnavailable) as e:
             raise CheckRunError(str(e)) from e
@@ -111,9 +116,10 @@ class CheckBox:
                 pass  # it expires at its deadline
 
 
-def _result(check: dict, code: int | None, timed_out: bool, output: str, seconds: float) -> dict:
+def _result(check: dict, code: int | None, timed_out: bool, output: str, seconds: float,
+            limit: int = OUTPUT_TAIL_CHARS) -> dict:
     return {"name": check["name"], "command": check["command"], "exit_code": code,
-            "ok": code == 0, "timed_out": timed_out, "output_tail": tail(output),
+            "ok": code == 0, "timed_out": timed_out, "output_tail": tail(output, limit),
             "seconds": round(seconds, 3)}
 
 

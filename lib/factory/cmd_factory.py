@@ -157,6 +157,7 @@ def status(as_json):
         "issues": {"total": len(issues), "ready": len(store.ready(issues)), "by_state": by_state,
                    "damaged": len(store.damaged)},
         "agents": _agents(repo),
+        "sensing": _sensing(repo, store, issues, cfg),
     }
     healthy = (cfg_state["ok"] and report["engine"]["ok"] and not store.damaged and not report["never_fit"]
                and not report["supervisor"]["waiting"])
@@ -952,6 +953,26 @@ def _slot_status(repo, cfg) -> dict:
             "kinds": {k: {"size": v["size"], "used": v["used"]} for k, v in st["kinds"].items()}}
 
 
+def _sensing(repo, store, issues, cfg) -> dict:
+    """Sensors and adversaries: who holds a slot now (factory-sense NAME), and each
+    source's precision, muted or not (sense.py)."""
+    from . import sense
+    from .env import slots_dir
+    from .slots import SlotError, Slots
+    try:
+        leases = Slots(slots_dir(repo), cfg).leases()
+    except SlotError:
+        leases = []
+    import time
+    at_work = [{"kind": lease.kind, "slot": f"{lease.kind}.{lease.slot}", "command": lease.command,
+                "age_s": round(time.time() - lease.since, 1)}
+               for lease in leases if lease.kind in ("sensor", "adversary")]
+    sources = {}
+    for src, row in sorted(sense.precision(repo, store, issues).items()):
+        sources[src] = dict(row, muted=sense.muted(row, cfg["sense"]["min_precision"]))
+    return {"at_work": at_work, "sources": sources}
+
+
 def _agents(repo) -> list[dict]:
     """Agents running on this host: issue, run, age, progress so far."""
     import time
@@ -987,6 +1008,12 @@ def _print_status(r: dict) -> None:
                + (f"; {iss['damaged']} damaged refs skipped (see above)" if iss.get("damaged") else ""))
     for kind, why in r["never_fit"].items():
         click.echo(f"blocked  {kind}: {why}")
+    for w in r["sensing"]["at_work"]:
+        click.echo(f"{w['kind']:<9}{w['command'] or '-'}  (slot {w['slot']}, {w['age_s']:.0f}s)")
+    for src, row in r["sensing"]["sources"].items():
+        prec = "-" if row["precision"] is None else f"{row['precision']:.2f}"
+        click.echo(f"source   {src}: precision {prec} ({row['filed']} filed, {row['not_useful']} not useful, "
+                   f"{row['dropped']} dropped unconfirmed)" + (f"; {row['muted']}" if row["muted"] else ""))
     for a in r["agents"]:
         click.echo(f"agent    {a['issue'] or '-'}  run {a['run']}  {a['age_s']:.0f}s  "
                    f"turns {a['turns']}  tokens {a['tokens']}")

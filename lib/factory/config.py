@@ -14,6 +14,7 @@ from typing import Any
 
 CONFIG_NAME = "factory.yaml"
 from .registry import SLOT_KINDS
+from .catalog import SHIPPED_ADVERSARIES, SHIPPED_SENSORS
 
 
 class ConfigError(ValueError):
@@ -208,6 +209,9 @@ class Named:
     required: tuple = ()
     one_of: tuple = ()
     default: dict = field(default_factory=dict)
+    # Names with a shipped definition (catalog.py): such an entry may give none of
+    # `required` and `one_of`, and takes what it leaves out from the catalog.
+    catalog: tuple = ()
 
 
 # What a harvest leaves out of an agent's branch besides what the repository ignores:
@@ -288,12 +292,12 @@ SCHEMA: dict[str, Any] = {
         "schedule": Schedule("@hourly"),
         "map": Str(None, nullable=True),
         "target": Choice("main", TARGETS),
-    }, one_of=("command", "prompt")),
+    }, one_of=("command", "prompt"), catalog=SHIPPED_SENSORS),
     "adversaries": Named({
         "prompt": Str(None, nullable=True),
         "schedule": Schedule("@daily"),
         "target": Choice("main", TARGETS),
-    }, required=("prompt",)),
+    }, required=("prompt",), catalog=SHIPPED_ADVERSARIES),
     "sense": {
         "scheduler": Choice("cron", ("cron", "supervisor")),
         "min_precision": Float(0.5, max=1.0),
@@ -424,41 +428,45 @@ budgets:
   attempts: 3                   # runs per issue before it is marked failed
   retry_backoff_seconds: 60     # a failed issue waits this long, doubled per attempt
 
-# Sensors, by name. Each gives exactly one of:
+# Sensors, by name (factory-sense; see docs/sense.md). Each gives exactly one of:
 #   command:  a shell command run in an agent container; its output becomes findings
 #   prompt:   instructions for a model agent that compares intent with the repository
 # and may give:
 #   schedule: a cron schedule (default @hourly; null: only by hand). Five fields or a
 #             nickname (@hourly, @daily, @weekly, @monthly, @yearly); see sense.scheduler
 #   map:      a jq expression turning the command's output into finding objects
-#   target:   main (default) or review: the branches in review
+#   target:   main (default) or review: each branch waiting in review
+# Shipped ones are enabled by name alone: `tests: {}` (the test suite, one finding per
+# failing test), `drift: {}` (a model compares intent/specs and principles with the code).
 # Example:
-#   tests:
-#     command: pytest -q
+#   lint:
+#     command: ruff check --output-format json . 2>/dev/null
 #     schedule: "0 * * * *"
-#     map: 'select(.outcome == "failed") | {title: .nodeid}'
+#     map: '.[] | {title: (.code + " " + .message), fingerprint: ("ruff:" + .filename + ":" + .code)}'
 #     target: main
 sensors: {}
 
-# Adversaries, by name: model agents that attack what workers built and report failures
-# with a reproduction, which factory runs again before it files anything. Each gives:
-#   prompt:   instructions for the attack (required)
+# Adversaries, by name: a model attacks main (or, target: review, each branch in review)
+# and reports failures with a reproduction, re-run in a fresh container before anything
+# is filed. Each gives:
+#   prompt:   a red-team brief, or a synthetic user's persona and goal (required)
 #   schedule: a cron schedule (default @daily; null: only by hand)
-#   target:   main (default) or review: the branches in review
-# Example:
+#   target:   main (default) or review: each branch waiting in review
+# Shipped, enabled by name alone: `redteam: {}` (bad input, edge cases, concurrency),
+# `newcomer: {}` (follows the README on a fresh clone). Example:
 #   inputs:
 #     prompt: Find an input that makes the parser crash or hang.
 #     schedule: "30 2 * * *"
 #     target: review
 adversaries: {}
 
-# Running sensors and adversaries on their schedules.
+# Running sensors and adversaries on their schedules, and keeping them honest.
 sense:
   scheduler: cron               # cron: `factory cron install` puts them in your crontab;
                                 # supervisor: `factory start` fires them while it runs
                                 # (for a machine without cron). Use one, not both.
-  min_precision: 0.5            # the least share of a sensor's findings that must prove
-                                # real (more than 0, at most 1); see factory-sense
+  min_precision: 0.5            # a source whose share of useful findings falls below this
+                                # (after 5 findings) is muted (more than 0, at most 1)
 
 # Other factories this one files issues on, by name. Example:
 #   libfoo:
@@ -516,6 +524,12 @@ def _check(node, schema, path, problems, name):
                 continue
             entry = _check(vnode, schema.entry, epath, problems, name)
             full = {k: entry.get(k, _defaults(s)) for k, s in schema.entry.items()}
+            if entry_name in schema.catalog:
+                if schema.one_of and sum(full.get(k) is not None for k in schema.one_of) > 1:
+                    problems.append(f"{name} line {vnode.start_mark.line + 1}: {epath}: give at most one of "
+                                    f"{' or '.join(schema.one_of)} (none: the shipped definition)")
+                out[entry_name] = full
+                continue
             for req in schema.required:
                 if full.get(req) is None:
                     problems.append(f"{name} line {vnode.start_mark.line + 1}: {epath}.{req}: is required")

@@ -286,9 +286,13 @@ def _lease(value) -> dict | None:
 
 
 def validate_draft(obj) -> dict:
-    """A new issue as given to `factory-issue file`, normalised; raises ContractError."""
+    """A new issue as given to `factory-issue file`, normalised; raises ContractError.
+    A finding (it carries a finding-only field, such as severity) is a draft too: see
+    draft_from_finding."""
     if not isinstance(obj, dict):
         raise ContractError("issue", f"must be a JSON object, not {type(obj).__name__}")
+    if is_finding(obj):
+        obj = draft_from_finding(validate_finding(obj))
     unknown = [k for k in obj if k not in DRAFT_FIELDS and k not in STORE_FIELDS]
     if unknown:
         raise ContractError(unknown[0], f"is not a field of an issue (fields: {', '.join(DRAFT_FIELDS)})")
@@ -597,3 +601,107 @@ def validate_postmortem_report(obj) -> dict:
         "check": check,
     }
     return out
+
+
+# -- finding (output of factory-sense; input to `factory-issue file`) ---------------------
+
+FINDING_VERSION = 1
+SEVERITIES = ("low", "medium", "high", "critical")
+SEVERITY_PRIORITY = {"critical": 0, "high": 1, "medium": 2, "low": 3}
+# Fields only a finding has: one of them on a line of `factory-issue file` makes it a finding.
+FINDING_ONLY_FIELDS = ("severity", "evidence", "reproduction", "target", "commit", "run", "confirmed")
+FINDING_FIELDS = ("v", "title", "body", "severity", "fingerprint", "source") + FINDING_ONLY_FIELDS[1:]
+MAX_EVIDENCE_BYTES = 64 * 1024
+MAX_REPRODUCTION_BYTES = 16 * 1024
+FINDING_SOURCE_RE = re.compile(r"^(sensor|adversary):[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
+TARGET_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,127}\Z")
+
+
+def is_finding(obj) -> bool:
+    return isinstance(obj, dict) and any(k in obj for k in FINDING_ONLY_FIELDS)
+
+
+def validate_finding(obj) -> dict:
+    """A finding as factory-sense prints it, normalised; raises ContractError naming the
+    field. Draft fields (labels, priority, ...) may ride along and are kept."""
+    if not isinstance(obj, dict):
+        raise ContractError("finding", f"must be a JSON object, not {type(obj).__name__}")
+    unknown = [k for k in obj if k not in FINDING_FIELDS and k not in DRAFT_FIELDS and k not in STORE_FIELDS]
+    if unknown:
+        raise ContractError(unknown[0], f"is not a field of a finding (fields: {', '.join(FINDING_FIELDS)})")
+    for k in ("title", "severity", "fingerprint", "source"):
+        if obj.get(k) is None:
+            raise ContractError(k, "is missing; a finding needs title, severity, fingerprint and source")
+    out = {"v": FINDING_VERSION}
+    out["title"] = _field("title", obj["title"])
+    out["body"] = _field("body", obj.get("body", ""))
+    out["severity"] = _choice("severity", obj["severity"], SEVERITIES)
+    out["fingerprint"] = _field("fingerprint", obj["fingerprint"])
+    if not isinstance(obj["source"], str) or not FINDING_SOURCE_RE.match(obj["source"]):
+        raise ContractError("source", f"{quote(obj['source'])} must be 'sensor:NAME' or 'adversary:NAME'")
+    out["source"] = obj["source"]
+    out["evidence"] = _text("evidence", obj.get("evidence") or "", max_bytes=MAX_EVIDENCE_BYTES)
+    repro = obj.get("reproduction")
+    out["reproduction"] = None if repro is None else _text("reproduction", repro, max_bytes=MAX_REPRODUCTION_BYTES,
+                                                           empty_ok=False)
+    target = obj.get("target")
+    if target is not None and (not isinstance(target, str) or not TARGET_RE.match(target)):
+        raise ContractError("target", f"{quote(target)} must be a branch name such as main or factory/7f3a5c2e9b1d")
+    out["target"] = target
+    out["commit"] = _nullable("commit", obj.get("commit"), _oid)
+    out["run"] = _nullable("run", obj.get("run"), _run_id)
+    confirmed = obj.get("confirmed")
+    if confirmed is not None and not isinstance(confirmed, dict):
+        raise ContractError("confirmed", "must be null or an object (the reproduction's re-run)")
+    out["confirmed"] = confirmed
+    out.update({k: obj[k] for k in DRAFT_FIELDS if k in obj and k not in out})  # labels, priority, ...
+    return out
+
+
+def fence(text: str, info: str = "") -> str:
+    """`text` as a markdown code block whose fence no line of it can close."""
+    longest = max((len(m) for m in re.findall(r"`+", text)), default=0)
+    ticks = "`" * max(3, longest + 1)
+    return f"{ticks}{info}\n{text.rstrip()}\n{ticks}"
+
+
+REPRODUCTION_HEADING = "## Reproduction"
+
+
+def draft_from_finding(finding: dict) -> dict:
+    """The issue draft a (validated) finding files as: severity becomes the priority
+    (critical 0 .. low 3; a priority given wins) and a label severity:X; evidence and
+    reproduction go into the body under headings; the target becomes a label target:T.
+    Other finding-only fields are dropped."""
+    draft = {k: finding[k] for k in DRAFT_FIELDS if k in finding}
+    draft.setdefault("priority", SEVERITY_PRIORITY[finding["severity"]])
+    labels = list(draft.get("labels", []))
+    extra = [f"severity:{finding['severity']}"]
+    if finding.get("target") and LABEL_RE.match(f"target:{finding['target']}"):
+        extra.append(f"target:{finding['target']}")
+    draft["labels"] = labels + [x for x in extra if x not in labels]
+    parts = [finding["body"].rstrip()] if finding["body"].strip() else []
+    if finding["evidence"].strip():
+        parts.append("## Evidence\n\n" + fence(finding["evidence"]))
+    if finding["reproduction"]:
+        parts.append(f"{REPRODUCTION_HEADING}\n\nA command that exits non-zero while the problem is there:\n\n"
+                     + fence(finding["reproduction"], "sh"))
+    seen = [f"target {finding['target']}" if finding.get("target") else None,
+            f"commit {finding['commit']}" if finding.get("commit") else None,
+            f"run {finding['run']}" if finding.get("run") else None]
+    if any(seen):
+        parts.append("## Seen on\n\n" + ", ".join(x for x in seen if x))
+    body = "\n\n".join(parts) + ("\n" if parts else "")
+    if len(body.encode()) > MAX_BODY_BYTES:  # the evidence is what gives way: its end is kept by the caller
+        body = body.encode()[:MAX_BODY_BYTES - 64].decode("utf-8", "ignore") + "\n\n[... cut to fit an issue]\n"
+    draft["body"] = body
+    return draft
+
+
+def reproduction_of(body: str) -> str | None:
+    """The reproduction draft_from_finding put into an issue's body, or None."""
+    head, sep, rest = body.rpartition(REPRODUCTION_HEADING + "\n")  # ours is the last: a body may quote one
+    if not sep:
+        return None
+    m = re.search(r"^(`{3,})sh\n(.*?)\n\1$", rest, re.S | re.M)
+    return m.group(2) if m else None

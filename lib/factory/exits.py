@@ -58,3 +58,7 @@ POSTMORTEM_CONFIG = EX_CONFIG    # factory.yaml is invalid; nothing was written
 # -- factory start ------------------------------------------------------------------------
 START_ALREADY_RUNNING = 3
 START_CANNOT_FIT = EX_UNAVAILABLE  # --until-idle: ready work can never run on this machine
+
+# -- factory-sense ------------------------------------------------------------------------
+SENSE_ERROR = 5                  # a source could not look (no engine, no image, the model refused the key)
+SENSE_CONFIG = EX_CONFIG         # factory.yaml is invalid; nothing ran

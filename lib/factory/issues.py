@@ -39,8 +39,43 @@ ISSUE_FILE = "issue.json"
 FINGERPRINTS_PREFIX = "refs/factory/fingerprints/"
 
 
-def fingerprint_ref(fingerprint: str) -> str:
-    return FINGERPRINTS_PREFIX + hashlib.sha256(fingerprint.encode()).hexdigest()
+# A sensor's or adversary's fingerprint is a signature: one signature, one issue, until
+# that issue is closed as verified fixed. refs/factory/signatures/<sha256> points at a
+# commit of the signature's last issue, whatever its state, and moves (compare-and-swap)
+# only when a new issue is filed for it: so a done issue that no sensor run has verified
+# yet still absorbs its findings, and a finding whose issue was verified fixed opens a
+# regression linked to it, once however many filers race.
+SIGNATURES_PREFIX = "refs/factory/signatures/"
+VERIFIED_LABEL = "verified-fixed"
+REGRESSION_LABEL = "regression"
+SIGNED_SOURCE_RE = re.compile(r"^(sensor|adversary):")
+
+
+def fingerprint_ref(fingerprint: str, prefix: str = FINGERPRINTS_PREFIX) -> str:
+    return prefix + hashlib.sha256(fingerprint.encode()).hexdigest()
+
+
+def is_signed(draft: dict) -> bool:
+    """Whether a draft's fingerprint is a signature (it comes from a sensor or an adversary)."""
+    return bool(draft.get("fingerprint")) and bool(SIGNED_SOURCE_RE.match(draft.get("source") or ""))
+
+
+def verified_closed(issue: dict) -> bool:
+    return issue["state"] == "closed" and VERIFIED_LABEL in issue["labels"]
+
+
+def regression_draft(draft: dict, old: dict) -> dict:
+    """A finding that came back after its issue was verified fixed: a new issue, labelled
+    and linked to the old one."""
+    labels = list(draft["labels"])
+    if REGRESSION_LABEL not in labels and len(labels) < contracts.MAX_LABELS:
+        labels.append(REGRESSION_LABEL)
+    link = (f"Regression of issue {old['id']} ({old['title'][:120]}), which was closed as verified fixed; "
+            f"see: factory-issue show {old['id']}\n\n")
+    body = link + draft["body"]
+    if len(body.encode()) > contracts.MAX_BODY_BYTES:
+        body = link
+    return dict(draft, labels=labels, body=body)
 
 
 def _active_fingerprint(issue: dict | None) -> str | None:
@@ -275,9 +310,16 @@ class IssueStore:
         Each new issue takes its fingerprint's ref in the same transaction (where no active
         issue holds it), so two filers of one fingerprint cannot both file under --dedupe:
         the second's transaction fails, it re-reads, and finds the first's issue."""
+        regressions: list[tuple[str, str]] = []  # (new issue, old issue), commented on once filed
+
         def attempt():
+            regressions.clear()
             fps = [d["fingerprint"] for d in drafts if d["fingerprint"]]
             holders = self._fingerprint_holders(fps)
+            signed = [d["fingerprint"] for d in drafts if dedupe and is_signed(d)]
+            sigs = self._fingerprint_holders(signed, SIGNATURES_PREFIX)
+            last = self._last_of_signatures(signed, sigs) if signed else {}
+            sig_moves: dict[str, tuple[str | int, str | None]] = {}  # fingerprint -> (new, expected old)
             existing, adopted = {}, []
             if dedupe and fps:
                 for fp, h in holders.items():
@@ -295,31 +337,67 @@ class IssueStore:
             results, commits, new_issues = [], [], []
             for d in drafts:
                 d = hidden.flag_draft(d, contracts.MAX_LABELS)  # text a person cannot see gets a label they can
-                if dedupe and d["fingerprint"] and d["fingerprint"] in existing:
-                    results.append((existing[d["fingerprint"]], False))
+                fp = d["fingerprint"]
+                if dedupe and fp and fp in existing:
+                    results.append((existing[fp], False))
                     continue
+                old = last.get(fp) if dedupe and is_signed(d) else None
+                if old is not None and not verified_closed(old):
+                    results.append((old, False))  # done but not verified fixed, failed, closed: still its issue
+                    existing[fp] = old
+                    continue
+                if old is not None:
+                    d = regression_draft(d, old)
                 ev = make_event("filed", actor, issue=new_id(), fields=d)
                 issue = apply_event(None, ev)
                 commits.append(NewCommit({ISSUE_FILE: _issue_blob(issue)}, _message(ev)))
                 new_issues.append(issue)
                 results.append((issue, True))
-                if dedupe and d["fingerprint"]:
-                    existing[d["fingerprint"]] = issue
+                if old is not None:
+                    regressions.append((issue["id"], old["id"]))
+                if dedupe and fp:
+                    existing[fp] = issue
+                if dedupe and is_signed(d):
+                    h = sigs.get(fp)
+                    sig_moves[fp] = (len(commits) - 1, h.oid if h else None)
             oids = self.repo.write_commits(commits)
+            # A signature held by no ref (found in the listing) takes its ref now.
+            for fp, issue in last.items():
+                if fp not in sig_moves and fp not in sigs and issue["id"] in self.tips:
+                    sig_moves[fp] = (self.tips[issue["id"]], None)
+            sig_updates = [(fingerprint_ref(fp, SIGNATURES_PREFIX), oids[new] if isinstance(new, int) else new, old)
+                           for fp, (new, old) in sig_moves.items()]
             moves = _fingerprint_moves(adopted + [(i["id"], None, _active_fingerprint(i), oid)
                                                   for i, oid in zip(new_issues, oids)], holders)
             self.repo.update_refs([(ISSUES_PREFIX + i["id"], oid, None) for i, oid in zip(new_issues, oids)]
-                                  + moves)
+                                  + moves + sig_updates)
             return results
-        return retry_cas(attempt)
+        results = retry_cas(attempt)
+        for new, old in regressions:
+            try:
+                self.comment(old, f"came back after it was verified fixed: filed again as {new} (regression)", actor)
+            except IssueError as e:
+                self.warn(f"regression {new} filed, but issue {old} could not be told: {e}")
+        return results
 
-    def _fingerprint_holders(self, fingerprints) -> dict[str, "_Holder"]:
-        """Who holds each fingerprint's ref now: two git processes however many there are,
-        none when there are none."""
+    def _last_of_signatures(self, fingerprints: list[str], sigs: dict) -> dict[str, dict]:
+        """The last issue of each signature: the one its ref names or, where no ref names
+        one (filed before signature refs existed), the newest issue with that fingerprint."""
+        last = {fp: h.issue for fp, h in sigs.items() if h.issue is not None and h.issue.get("fingerprint") == fp}
+        missing = set(fingerprints) - set(last)
+        if missing:
+            for i in self.all():  # oldest first: the newest wins
+                if i.get("fingerprint") in missing and SIGNED_SOURCE_RE.match(i["source"]):
+                    last[i["fingerprint"]] = i
+        return last
+
+    def _fingerprint_holders(self, fingerprints, prefix: str = FINGERPRINTS_PREFIX) -> dict[str, "_Holder"]:
+        """Who holds each fingerprint's ref (under `prefix`) now: two git processes however
+        many there are, none when there are none."""
         fps = list(dict.fromkeys(f for f in fingerprints if f))
         if not fps:
             return {}
-        refs = [fingerprint_ref(f) for f in fps]
+        refs = [fingerprint_ref(f, prefix) for f in fps]
         got = self.repo.cat_batch([spec for r in refs for spec in (r, f"{r}:{ISSUE_FILE}")])
         found = {}
         for n, fp in enumerate(fps):

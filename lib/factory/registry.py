@@ -32,6 +32,7 @@ TOOLS = (
     Tool("factory-slot", "cmd_slot", "hold a slot of a kind while a command runs"),
     Tool("factory-spawn", "cmd_spawn", "one agent in one hardened container"),
     Tool("factory-gate", "cmd_gate", "may this branch merge? a verdict on the merge result"),
+    Tool("factory-sense", "cmd_sense", "run sensors and adversaries; print their findings"),
     Tool("factory-postmortem", "cmd_postmortem", "failures become postmortems and lessons"),
 )
 

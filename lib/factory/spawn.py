@@ -187,6 +187,8 @@ def run_task(task: dict, repo: Repo, cfg: dict, *, log: Log, run_id: str | None 
         run.update(status=outcome.status, reason=outcome.reason, turns=outcome.turns,
                    usage=outcome.usage.to_dict(), cost_usd=round(outcome.cost_usd, 6),
                    model_retries=outcome.model_retries, findings=outcome.findings)
+        if kind in ("sensor", "adversary"):
+            run["findings_refused"] = outcome.findings_refused
         if kind == "postmortem":
             run["postmortem"] = outcome.postmortem
         if outcome.infra:
