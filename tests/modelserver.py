@@ -94,6 +94,12 @@ def tool_use(name: str, input: dict, id: str | None = None) -> dict:
     return {"type": "tool_use", "id": id or "toolu_" + secrets.token_hex(12), "name": name, "input": input}
 
 
+def broken_tool_use(name: str, raw_json: str) -> dict:
+    """A tool_use block whose streamed input is `raw_json` verbatim (e.g. not JSON at all),
+    as a model sometimes sends; the SDK cannot parse it."""
+    return {"type": "tool_use", "id": "toolu_" + secrets.token_hex(12), "name": name, "input": raw_json}
+
+
 @dataclass
 class Reply:
     blocks: list[dict]
@@ -406,7 +412,8 @@ class ScriptedModel:
             if block["type"] == "tool_use":
                 events.append(("content_block_start", {"type": "content_block_start", "index": i,
                                                        "content_block": dict(block, input={})}))
-                raw = json.dumps(block["input"])
+                # a str input is sent as it is: a model's tool input that is not valid JSON
+                raw = block["input"] if isinstance(block["input"], str) else json.dumps(block["input"])
                 deltas = [{"type": "input_json_delta", "partial_json": raw[k:k + n]} for k in range(0, len(raw), n)]
             else:
                 events.append(("content_block_start", {"type": "content_block_start", "index": i,

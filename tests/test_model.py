@@ -241,6 +241,14 @@ def test_transient_failure_then_success_is_retried(api, make_model, sleeps, fail
     assert r.retries == 1 and len(api.requests) == 2 and len(sleeps) == 1
 
 
+def test_tool_input_that_is_not_json_is_asked_again(api, make_model, sleeps):
+    from modelserver import broken_tool_use
+    api.add(broken_tool_use("bash", '{"command": ls -la}'), text("ok"))
+    r = make_model().send(messages=HI)
+    assert r.content == [{"type": "text", "text": "ok"}]
+    assert r.retries == 1 and len(api.requests) == 2
+
+
 def test_persistent_overload_gives_up_after_max_retries_without_sleeping(api, make_model, sleeps):
     api.add(*[error(529)] * 10)
     start = time.monotonic()

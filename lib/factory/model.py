@@ -255,6 +255,10 @@ class Model:
             return _Failure("connection", f"the connection dropped during the stream ({type(e).__name__})", True)
         if isinstance(e, _IncompleteStream):
             return _Failure("connection", str(e), True)
+        if isinstance(e, ValueError) and str(e).startswith("Unable to parse tool parameter JSON"):
+            # The SDK's own advice is to ask again. Its message quotes the broken input:
+            # not repeated here, as model output it is nobody's instructions.
+            return _Failure("server", "the model sent tool input that is not valid JSON", True)
         return None
 
     def _backoff(self, retries: int, retry_after: float | None) -> float:
