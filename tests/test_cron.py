@@ -517,7 +517,7 @@ def test_the_template_in_cron_is_what_factory_cron_writes():
 
 
 def test_a_line_longer_than_cron_reads_is_refused(tmp_path, cron_env):
-    deep = tmp_path / ("a" * 200) / ("b" * 200) / ("c" * 200)
+    deep = tmp_path.joinpath(*(c * 200 for c in "abcde"))  # over 999 characters by itself
     deep.mkdir(parents=True)
     repo = new_repo(deep / "calc")
     (tmp_path / "crontab.txt").write_bytes(USERS_OWN)
