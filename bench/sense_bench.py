@@ -27,55 +27,25 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = os.path.join(ROOT, "bin")
-sys.path.insert(0, os.path.join(ROOT, "lib"))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchkit import ENV, WORK_COMMAND, WORK_TEST, bare_run, sh, timed  # noqa: E402
 
 from factory import config, images  # noqa: E402
-
-ENV = dict(os.environ, PATH=BIN + os.pathsep + os.environ.get("PATH", ""), FACTORY_ACTOR="human:bench",
-           GIT_AUTHOR_NAME="b", GIT_AUTHOR_EMAIL="b@b", GIT_COMMITTER_NAME="b", GIT_COMMITTER_EMAIL="b@b")
-ENV.pop("FACTORY_REPO", None)
-# A test that works for about WORK seconds of CPU, and passes: the sensor finds nothing.
-TEST = """import time, unittest
-class T(unittest.TestCase):
-    def test_work(self):
-        end = time.process_time() + {work}
-        n = 0
-        while time.process_time() < end:
-            n += 1
-        self.assertGreaterEqual(n, 0)
-"""
-CMD = "PYTHONDONTWRITEBYTECODE=1 python3 -m unittest -q test_work"
-
-
-def sh(*args, cwd=None, input=None):
-    return subprocess.run(args, cwd=cwd, env=ENV, input=input, capture_output=True, text=True, check=True).stdout
 
 
 def make_repo(root: str, work: float, cpus: float) -> str:
     repo = os.path.join(root, "repo")
     sh("git", "init", "-q", "-b", "main", repo)
     with open(os.path.join(repo, "test_work.py"), "w") as f:
-        f.write(TEST.format(work=work))
+        f.write(WORK_TEST.format(work=work))
     with open(os.path.join(repo, "factory.yaml"), "w") as f:
-        f.write(f"sensors:\n  work:\n    command: {json.dumps(CMD)}\nresources:\n  sensor:\n    cpus: {cpus}\n")
+        f.write(f"sensors:\n  work:\n    command: {json.dumps(WORK_COMMAND)}\nresources:\n  sensor:\n    cpus: {cpus}\n")
     sh("git", "add", "-A", cwd=repo)
     sh("git", "commit", "-qm", "init", cwd=repo)
     return repo
 
 
-def timed(fn) -> float:
-    t0 = time.monotonic()
-    fn()
-    return time.monotonic() - t0
-
-
-def bare_run(image: str, checkout: str) -> None:
-    subprocess.run(["docker", "run", "--rm", "--network", "none", "-v", f"{checkout}:/w:ro", "-w", "/w",
-                    image, "bash", "-c", CMD], check=True, capture_output=True)
 
 
 def sense_run(repo: str) -> None:
