@@ -133,10 +133,17 @@ def test_the_tests_sensor_files_once_verifies_the_fix_and_sees_the_regression(tm
     p = run_tool(["bash", "-c", "factory-sense tests | factory-issue file --dedupe | jq -r .id"], cwd=repo,
                  env=tool_env, timeout=300)
     assert p.returncode == 0 and p.stdout.strip() == issue["id"], p.stderr
-    # -- a worker's fix merges and its issue is done: the next run verifies it
+    # -- a worker's fix merges through the gate and the merge queue: the next run verifies it
+    branch = f"factory/{issue['id']}"
+    git(repo, "checkout", "-qb", branch)
     (repo / "calc.py").write_text(FIXED)
     git(repo, "commit", "-qam", "fix add")
-    assert run_tool(["factory-issue", "close", issue["id"], "--as", "done"], cwd=repo, env=tool_env).returncode == 0
+    git(repo, "checkout", "-q", "main")
+    assert run_tool(["factory-issue", "update", issue["id"], "--state", "review", "--branch", branch],
+                    cwd=repo, env=tool_env).returncode == 0
+    merged = run_tool(["factory", "merge", issue["id"]], cwd=repo, env=tool_env, timeout=300)
+    assert merged.returncode == 0, merged.stderr
+    assert (repo / "calc.py").read_text() == FIXED and issues(repo, tool_env)[0]["state"] == "done"
     p, found = sense(repo, tool_env, "tests", "--file")
     assert p.returncode == 0 and found == [], p.stderr
     (closed,) = issues(repo, tool_env)
