@@ -106,8 +106,11 @@ def test_a_stuck_agent_is_stopped(repo, tmp_path, tool_env):
 
 def test_a_container_killed_from_outside_ends_as_failed(repo, tmp_path, tool_env):
     def kill_then_call(body):
-        ids = subprocess.run(["docker", "ps", "-q", "--filter", "label=factory.kind=worker"],
+        # only this test's container: never one another run on the same engine started
+        ids = subprocess.run(["docker", "ps", "-q", "--filter", "label=factory.kind=worker",
+                              "--filter", f"label=factory.repo={repo}/.git"],
                              capture_output=True, text=True).stdout.split()
+        assert len(ids) == 1, ids
         subprocess.run(["docker", "kill", *ids], capture_output=True)
         return bash("echo are you there")
 

@@ -50,7 +50,8 @@ def test_the_api_key_is_nowhere_in_the_container(repo, tmp_path, tool_env):
     inspected = []
 
     def inspect_then_look(body):
-        ids = subprocess.run(["docker", "ps", "-q", "--filter", "label=factory.kind=worker"],
+        ids = subprocess.run(["docker", "ps", "-q", "--filter", "label=factory.kind=worker",
+                              "--filter", f"label=factory.repo={repo}/.git"],
                              capture_output=True, text=True).stdout.split()
         inspected.append(subprocess.run(["docker", "inspect", *ids], capture_output=True, text=True).stdout)
         return bash("cat /proc/1/environ /proc/self/environ | tr '\\0' '\\n'; "
